@@ -1,0 +1,159 @@
+"""The one exception tree of mlgate.
+
+Every error the core raises derives from :class:`MlgateError` and carries the HTTP
+status it maps to, a short machine-readable ``code`` and a human message. The
+HTTP edge has exactly one handler that turns any of them into a JSON body
+``{"error": {"code": ..., "message": ...}}`` (route adapters of the reference
+services may render their own historical envelope instead).
+
+::
+
+    MlgateError (500 internal)
+    ├── InvalidInput (400 invalid_input)          bad payload, decoded before batching
+    │   └── PayloadTooLarge (413 payload_too_large)
+    ├── Unauthorized (401 unauthorized)
+    ├── Forbidden (403 forbidden)
+    ├── NotFound (404 not_found)
+    │   ├── ModelNotFound (404 model_not_found)
+    │   ├── VersionNotFound (404 version_not_found)
+    │   └── ObjectNotFound (404 object_not_found)    no such key in the object store
+    ├── Conflict (409 conflict)
+    ├── UnsafeArtifact (422 unsafe_artifact)       pickle without trust, hash mismatch on upload
+    ├── ConfigurationError (500 configuration_error)
+    ├── StoreError (502 store_error)               object store unreachable or object missing
+    │   └── IntegrityError (502 integrity_error)   sha256 mismatch after download
+    ├── ModelLoadError (503 model_load_error)
+    ├── Overloaded (503 overloaded)                queue full; carries ``retry_after`` seconds
+    ├── NotReady (503 not_ready)
+    └── PredictionTimeout (504 timeout)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "Conflict",
+    "ConfigurationError",
+    "Forbidden",
+    "IntegrityError",
+    "InvalidInput",
+    "MlgateError",
+    "ModelLoadError",
+    "ModelNotFound",
+    "NotFound",
+    "NotReady",
+    "ObjectNotFound",
+    "Overloaded",
+    "PayloadTooLarge",
+    "PredictionTimeout",
+    "StoreError",
+    "Unauthorized",
+    "UnsafeArtifact",
+    "VersionNotFound",
+]
+
+
+class MlgateError(Exception):
+    """Base of every mlgate error; ``status`` is the HTTP status it maps to."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class InvalidInput(MlgateError):
+    status = 400
+    code = "invalid_input"
+
+
+class PayloadTooLarge(InvalidInput):
+    status = 413
+    code = "payload_too_large"
+
+
+class Unauthorized(MlgateError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(MlgateError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(MlgateError):
+    status = 404
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class VersionNotFound(NotFound):
+    code = "version_not_found"
+
+
+class ObjectNotFound(NotFound):
+    code = "object_not_found"
+
+
+class Conflict(MlgateError):
+    status = 409
+    code = "conflict"
+
+
+class UnsafeArtifact(MlgateError):
+    status = 422
+    code = "unsafe_artifact"
+
+
+class ConfigurationError(MlgateError):
+    status = 500
+    code = "configuration_error"
+
+
+class StoreError(MlgateError):
+    status = 502
+    code = "store_error"
+
+
+class IntegrityError(StoreError):
+    code = "integrity_error"
+
+
+class ModelLoadError(MlgateError):
+    status = 503
+    code = "model_load_error"
+
+
+class NotReady(MlgateError):
+    status = 503
+    code = "not_ready"
+
+
+class Overloaded(MlgateError):
+    """The model's queue is full; the client should retry after ``retry_after`` seconds."""
+
+    status = 503
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after = retry_after
+
+
+class PredictionTimeout(MlgateError):
+    status = 504
+    code = "timeout"

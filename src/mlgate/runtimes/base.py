@@ -1,0 +1,126 @@
+"""The model runtime contract.
+
+A runtime is a small synchronous adapter around one inference library::
+
+    runtime = SklearnRuntime()
+    runtime.load(LoadContext(artifact_dir, manifest, trusted=False))
+    x = runtime.decode({"inputs": [1.0, 2.0]})      # InvalidInput on bad input, before batching
+    [y] = runtime.predict([x])                      # always a batch: same length, same order
+    runtime.encode(y)                               # -> JSON-able
+
+Batching, concurrency, timeouts, metrics and capture live around it (dataplane,
+batching, executor), never inside it. Heavy libraries are imported inside ``load``; a
+missing one raises :class:`ConfigurationError` naming the pip extra.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mlgate.errors import ConfigurationError, InvalidInput, ModelLoadError
+from mlgate.types import Manifest
+
+__all__ = ["LoadContext", "ModelRuntime", "import_optional", "tensor_rows"]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadContext:
+    """What a runtime gets to load one version: its local files, manifest and trust."""
+
+    artifact_dir: Path
+    manifest: Manifest
+    #: True when code-executing formats (pickle, joblib) may be loaded: the version is marked
+    #: trusted or its sha256 is pinned in settings.
+    trusted: bool = False
+
+    @property
+    def artifact_path(self) -> Path:
+        return self.artifact_dir / self.manifest.artifact
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.manifest.params
+
+
+class ModelRuntime(ABC):
+    """Base class of every runtime adapter (see the module docstring for the contract)."""
+
+    #: registry name used in manifests
+    name: ClassVar[str]
+
+    @abstractmethod
+    def load(self, ctx: LoadContext) -> None:
+        """Load the artifact; raise :class:`ModelLoadError`/:class:`UnsafeArtifact` on failure."""
+
+    @abstractmethod
+    def decode(self, payload: Any) -> Any:
+        """Validate one request's payload into one batch item; raise :class:`InvalidInput`."""
+
+    @abstractmethod
+    def predict(self, batch: list[Any]) -> list[Any]:
+        """Predict a batch of decoded items; return one output per item, in order."""
+
+    def encode(self, output: Any) -> Any:
+        """Turn one output into JSON-able data (numpy arrays become lists)."""
+        return to_jsonable(output)
+
+    def metadata(self) -> dict[str, Any]:
+        """Describe inputs/outputs for ``GET /v2/models/{name}``: ``{"inputs": [...], "outputs": [...]}``."""
+        return {"inputs": [], "outputs": []}
+
+    def warmup_input(self) -> Any | None:
+        """A decoded item to run once at load time, or None to skip warm-up."""
+        return None
+
+    def decode_tensors(self, tensors: dict[str, np.ndarray]) -> list[Any]:
+        """Open Inference Protocol input: split the (single) named tensor into batch rows."""
+        if len(tensors) != 1:
+            raise InvalidInput(f"runtime '{self.name}' takes exactly one input tensor, got {len(tensors)}")
+        (array,) = tensors.values()
+        return [self.decode(row.tolist()) for row in tensor_rows(array)]
+
+    def encode_tensors(self, outputs: list[Any]) -> dict[str, np.ndarray]:
+        """Open Inference Protocol output: stack the batch's outputs into one tensor."""
+        return {"output_0": np.asarray([np.asarray(o) for o in outputs])}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (sessions, threads) when the version is unloaded."""
+
+
+def tensor_rows(array: np.ndarray) -> list[np.ndarray]:
+    if array.ndim == 0:
+        raise InvalidInput("input tensor must have a batch dimension")
+    return list(array)
+
+
+def to_jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def import_optional(module: str, *, extra: str) -> ModuleType:
+    """Import a heavy optional library, naming the pip extra when it is missing."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"runtime needs '{module}', which is not installed: pip install 'mlgate[{extra}]'"
+        ) from exc
+
+
+def load_failed(runtime: str, exc: BaseException) -> ModelLoadError:
+    return ModelLoadError(f"{runtime} runtime could not load the artifact: {exc}")

@@ -1,0 +1,120 @@
+"""The one settings tree of mlgate (environment variables ``MLGATE_*``, nested with ``__``).
+
+This is the only module that reads the environment. Paths left unset derive from
+``data_dir``: ``<data_dir>/mlgate.db``, ``<data_dir>/store``, ``<data_dir>/cache``,
+``<data_dir>/logs``.
+
+Example::
+
+    MLGATE_DATA_DIR=/var/lib/mlgate MLGATE_STORE_URL=s3://models/prod \\
+    MLGATE_S3__ENDPOINT_URL=http://127.0.0.1:9000 mlgate serve
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["LogSettings", "S3Settings", "Settings", "load_settings"]
+
+
+class S3Settings(BaseModel):
+    """S3 client options, for AWS S3 and S3-compatible stores (MinIO, moto)."""
+
+    endpoint_url: str | None = Field(default=None, description="e.g. http://127.0.0.1:9000 for MinIO")
+    region: str = Field(default="us-east-1", description="AWS region of the bucket")
+    access_key_id: str | None = Field(default=None, description="falls back to the default AWS chain")
+    secret_access_key: str | None = Field(default=None, description="falls back to the default AWS chain")
+
+
+class LogSettings(BaseModel):
+    """Access log: one JSON line per request to stdout and to a rotating file."""
+
+    level: str = Field(default="INFO", description="level of mlgate's own loggers")
+    access_stdout: bool = Field(default=True, description="write access lines to stdout")
+    access_file: Path | None = Field(default=None, description="default <data_dir>/logs/access.log")
+    max_bytes: int = Field(default=10 * 1024 * 1024, description="rotate the file past this size")
+    backup_count: int = Field(default=5, description="rotated files kept")
+
+
+class Settings(BaseSettings):
+    """Every knob of an mlgate server. Unset paths derive from ``data_dir``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MLGATE_", env_nested_delimiter="__", extra="ignore", protected_namespaces=()
+    )
+
+    host: str = Field(default="127.0.0.1", description="bind address; loopback unless asked otherwise")
+    port: int = Field(default=8000, ge=0, le=65535, description="bind port")
+    workers: int = Field(default=1, ge=1, le=64, description="server processes")
+    dev_mode: bool = Field(default=False, description="relaxes secret checks; never in production")
+
+    data_dir: Path = Field(default=Path(".mlgate"), description="root of local state")
+    database_url: str | None = Field(default=None, description="sqlite:///… or postgresql://…")
+    store_url: str | None = Field(default=None, description="file:///path or s3://bucket/prefix")
+    cache_dir: Path | None = Field(default=None, description="local cache of downloaded model files")
+    s3: S3Settings = Field(default_factory=S3Settings)
+
+    max_body_bytes: int = Field(default=6 * 1024 * 1024, ge=1024, description="larger bodies get 413")
+    default_timeout_s: float = Field(default=60.0, gt=0, description="per-model timeout when not in manifest")
+    alias_ttl_s: float = Field(default=1.0, ge=0, description="how long a resolved alias is cached")
+    load_on_start: bool = Field(default=True, description="load every aliased version at startup")
+
+    trusted_sha256: list[str] = Field(
+        default_factory=list, description="sha256 of pickle/joblib artifacts allowed to load"
+    )
+    model_uris: dict[str, str] = Field(
+        default_factory=dict,
+        description="models declared by URI alone: MLGATE_MODEL_URIS__<name>=s3://bucket/key.skops",
+    )
+    model_s3_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MODEL_S3_URI", "MLGATE_MODEL_S3_URI"),
+        description="the original serverless deployment's single-model variable (model named by model_name)",
+    )
+    model_name: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MODEL_NAME", "MLGATE_MODEL_NAME"),
+        description="name of the model given by MODEL_S3_URI (default: the file's stem)",
+    )
+    services: list[str] | None = Field(
+        default=None, description="enabled reference services by name (default: every installed one)"
+    )
+
+    admin_key: str | None = Field(
+        default=None,
+        description="bootstrap admin key to install (hashed) instead of generating one on first start",
+    )
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> Settings:
+        data = self.data_dir
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{(data / 'mlgate.db').resolve()}"
+        if self.store_url is None:
+            self.store_url = (data / "store").resolve().as_uri()
+        if self.cache_dir is None:
+            self.cache_dir = data / "cache"
+        if self.log.access_file is None:
+            self.log.access_file = data / "logs" / "access.log"
+        if self.admin_key is not None and len(self.admin_key) < 24 and not self.dev_mode:
+            raise ValueError("admin_key must be at least 24 characters (or set dev_mode)")
+        return self
+
+    @property
+    def declared_uris(self) -> dict[str, str]:
+        """Models declared by URI alone, including the legacy ``MODEL_S3_URI`` variable."""
+        uris = dict(self.model_uris)
+        if self.model_s3_uri:
+            stem = self.model_s3_uri.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
+            uris.setdefault(self.model_name or stem.lower().replace(" ", "_"), self.model_s3_uri)
+        return uris
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment, with explicit overrides taking precedence."""
+    return Settings(**overrides)

@@ -1,0 +1,147 @@
+"""Plain data shared by every layer: manifests, version records and the service plug-in shapes.
+
+Imports nothing of ours. The manifest is validated with pydantic because it arrives from
+uploads; everything else is a frozen dataclass.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "NAME_PATTERN",
+    "BatchingConfig",
+    "BundledModel",
+    "Manifest",
+    "ModelInfo",
+    "Processor",
+    "RouteAdapter",
+    "Service",
+    "VersionInfo",
+]
+
+#: Model and alias names: lowercase letters, digits, ``-`` and ``_``, 1–64 characters, starting with a letter.
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class BatchingConfig(BaseModel):
+    """How the dataplane groups requests for one model version.
+
+    Batches form adaptively: whatever is queued when a worker frees up is taken, up to
+    ``max_batch_size``; ``max_wait_ms`` is how long a lone request may wait for company.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
+    max_wait_ms: float = Field(default=0.0, ge=0, le=10_000)
+    max_queue: int = Field(default=256, ge=1, le=1_000_000, description="queued requests beyond this get 503")
+    max_concurrency: int = Field(default=1, ge=1, le=64, description="batches running at once")
+
+
+class Manifest(BaseModel):
+    """Everything mlgate knows about one immutable model version besides its files' bytes."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    runtime: str = Field(description="registered runtime name, e.g. 'sklearn', 'onnx', 'opencv-dnn'")
+    artifact: str = Field(description="main artifact path, relative to the version folder")
+    files: dict[str, str] = Field(default_factory=dict, description="relative path -> sha256 of every file")
+    description: str = ""
+    input_schema: dict[str, Any] = Field(default_factory=dict)
+    output_schema: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict, description="runtime and pre/post-processing params")
+    metrics: dict[str, float] = Field(default_factory=dict, description="evaluation metrics")
+    baseline: dict[str, Any] = Field(default_factory=dict, description="training-data statistics for drift")
+    trusted: bool = Field(default=False, description="allow formats that execute code on load (pickle)")
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+
+    @field_validator("files")
+    @classmethod
+    def _hashes_are_sha256(cls, files: dict[str, str]) -> dict[str, str]:
+        for path, digest in files.items():
+            if not _SHA256.match(digest):
+                raise ValueError(f"files[{path!r}] is not a lowercase hex sha256")
+        return files
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    name: str
+    description: str
+    created_at: datetime
+    aliases: Mapping[str, int] = field(default_factory=dict)
+    latest_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """One registered version: its number, manifest and where its files live in the store."""
+
+    model: str
+    version: int
+    manifest: Manifest
+    created_at: datetime
+    #: store key prefix of the version's files (``models/<name>/<version>``), or an absolute URI
+    #: (``s3://bucket/key``) for models declared by URI alone.
+    location: str
+
+
+class Processor(Protocol):
+    """A model's own request/response shape, wrapped around a generic runtime.
+
+    ``decode`` turns the JSON payload of ``/v1/models/{name}/predict`` into the runtime's
+    input (raising :class:`mlgate.errors.InvalidInput`); ``encode`` turns the runtime's
+    encoded output into the JSON the model's clients expect.
+    """
+
+    def decode(self, payload: Any) -> Any: ...
+
+    def encode(self, output: Any) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RouteAdapter:
+    """A framework-neutral route that keeps an original deployment's URL and envelope.
+
+    ``parse(body, content_type)`` returns the payload handed to the model's processor;
+    ``render(output)`` and ``render_error(status, message)`` return ``(status, json)``.
+    """
+
+    path: str
+    model: str
+    parse: Callable[[bytes, str], Any]
+    render: Callable[[Any], tuple[int, Any]]
+    render_error: Callable[[int, str], tuple[int, Any]]
+    method: str = "POST"
+    summary: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BundledModel:
+    """A model shipped in a service folder and registered on first start."""
+
+    name: str
+    artifact_dir: Path
+    manifest: Manifest
+    description: str = ""
+    aliases: tuple[str, ...] = ("production",)
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """A reference (or third-party) service: bundled models, processors and original routes."""
+
+    name: str
+    models: tuple[BundledModel, ...] = ()
+    processors: Mapping[str, Processor] = field(default_factory=dict)
+    routes: tuple[RouteAdapter, ...] = ()
