@@ -1,0 +1,1 @@
+"""Temperature forecast (``temperatura``): 60 hourly temperatures in °C → the next hour."""
