@@ -20,6 +20,7 @@ services may render their own historical envelope instead).
     ├── Conflict (409 conflict)
     ├── UnsafeArtifact (422 unsafe_artifact)       pickle without trust, hash mismatch on upload
     ├── ConfigurationError (500 configuration_error)
+    ├── PredictionFailed (500 prediction_failed)   the model raised on an input that decoded fine
     ├── StoreError (502 store_error)               object store unreachable or object missing
     │   └── IntegrityError (502 integrity_error)   sha256 mismatch after download
     ├── ModelLoadError (503 model_load_error)
@@ -33,8 +34,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
-    "Conflict",
     "ConfigurationError",
+    "Conflict",
     "Forbidden",
     "IntegrityError",
     "InvalidInput",
@@ -46,6 +47,7 @@ __all__ = [
     "ObjectNotFound",
     "Overloaded",
     "PayloadTooLarge",
+    "PredictionFailed",
     "PredictionTimeout",
     "StoreError",
     "Unauthorized",
@@ -124,6 +126,11 @@ class ConfigurationError(MlgateError):
     code = "configuration_error"
 
 
+class PredictionFailed(MlgateError):
+    status = 500
+    code = "prediction_failed"
+
+
 class StoreError(MlgateError):
     status = 502
     code = "store_error"
@@ -149,7 +156,9 @@ class Overloaded(MlgateError):
     status = 503
     code = "overloaded"
 
-    def __init__(self, message: str, *, retry_after: float = 1.0, details: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float = 1.0, details: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message, details=details)
         self.retry_after = retry_after
 

@@ -12,13 +12,14 @@ Example::
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from pydantic import AliasChoices, BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["LogSettings", "S3Settings", "Settings", "load_settings"]
+__all__ = ["LogSettings", "S3Settings", "Settings", "export_environ", "load_settings"]
 
 
 class S3Settings(BaseModel):
@@ -118,3 +119,9 @@ class Settings(BaseSettings):
 def load_settings(**overrides: Any) -> Settings:
     """Read settings from the environment, with explicit overrides taking precedence."""
     return Settings(**overrides)
+
+
+def export_environ(values: dict[str, str]) -> None:
+    """Publish settings to child processes (``serve --workers N``) as ``MLGATE_*`` variables."""
+    for name, value in values.items():
+        os.environ[f"MLGATE_{name.upper()}"] = value

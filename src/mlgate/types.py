@@ -27,7 +27,7 @@ __all__ = [
     "VersionInfo",
 ]
 
-#: Model and alias names: lowercase letters, digits, ``-`` and ``_``, 1–64 characters, starting with a letter.
+#: Model and alias names: lowercase letters, digits, ``-`` and ``_``, 1-64 characters, starting with a letter.
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 

@@ -27,7 +27,7 @@ import numpy as np
 from mlgate.errors import ConfigurationError, InvalidInput, ModelLoadError
 from mlgate.types import Manifest
 
-__all__ = ["LoadContext", "ModelRuntime", "import_optional", "tensor_rows"]
+__all__ = ["LoadContext", "ModelRuntime", "import_optional", "numeric_array", "oip_datatype", "tensor_rows"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +100,57 @@ def tensor_rows(array: np.ndarray) -> list[np.ndarray]:
     return list(array)
 
 
+def numeric_array(payload: Any, *, dtype: Any = np.float64, what: str = "input") -> np.ndarray:
+    """Validate a number or (nested) list/array of numbers into a finite ndarray of ``dtype``.
+
+    Raises :class:`InvalidInput` for ragged lists, strings, ``None``, booleans (unless ``dtype``
+    is bool), NaN/inf, and values that do not fit an integer ``dtype``.
+    """
+    target = np.dtype(dtype)
+    if isinstance(payload, np.ndarray):
+        array = payload
+    elif isinstance(payload, list | tuple | int | float | np.generic):
+        if target.kind != "b" and _contains_bool(payload):
+            raise InvalidInput(f"{what} must contain numbers, not booleans")
+        try:
+            array = np.asarray(payload)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise InvalidInput(f"{what} is ragged or not numeric: lists must be rectangular") from exc
+    else:
+        raise InvalidInput(f"{what} must be a number or a list of numbers, not {type(payload).__name__}")
+    kind = array.dtype.kind
+    if target.kind == "b":
+        if kind != "b":
+            raise InvalidInput(f"{what} must contain booleans")
+        return array.astype(target, copy=False)
+    if kind not in "iuf":
+        raise InvalidInput(f"{what} must contain only numbers")
+    if kind == "f" and not np.all(np.isfinite(array)):
+        raise InvalidInput(f"{what} contains NaN or infinity")
+    if target.kind in "iu":
+        if kind == "f" and not np.all(array == np.trunc(array)):
+            raise InvalidInput(f"{what} must contain whole numbers")
+        info = np.iinfo(target)
+        if array.size and (array.min() < info.min or array.max() > info.max):
+            raise InvalidInput(f"{what} has values outside the {target.name} range")
+        return array.astype(target, copy=False)
+    with np.errstate(over="ignore"):
+        result = array.astype(target, copy=False)
+    if not np.all(np.isfinite(result)):
+        raise InvalidInput(f"{what} has values too large for {target.name}")
+    return result
+
+
+def _contains_bool(value: Any) -> bool:
+    if isinstance(value, bool | np.bool_):
+        return True
+    if isinstance(value, list | tuple):
+        if value and isinstance(value[0], list | tuple):
+            return any(_contains_bool(v) for v in value)
+        return bool in map(type, value) or np.bool_ in map(type, value)
+    return False
+
+
 def to_jsonable(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
@@ -110,6 +161,31 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [to_jsonable(v) for v in value]
     return value
+
+
+_OIP_DATATYPES = {
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
+}
+
+
+def oip_datatype(dtype: Any) -> str:
+    """Open Inference Protocol datatype of a numpy dtype: ``float32`` -> ``"FP32"``; text -> ``"BYTES"``."""
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        return "BYTES"
+    return _OIP_DATATYPES.get(name, "BYTES")
 
 
 def import_optional(module: str, *, extra: str) -> ModuleType:

@@ -1,0 +1,35 @@
+# The two commands: `make serve` and `make test`. Each creates/updates its own virtualenv
+# from pyproject.toml, so they work on a fresh machine with Python 3.11 and pip.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+SERVE_VENV := .venv-serve
+TEST_VENV := .venv
+PIP_FLAGS ?= --disable-pip-version-check -q
+
+.PHONY: serve test lint typecheck unit bench clean
+
+$(SERVE_VENV)/.installed: pyproject.toml
+	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
+	$(SERVE_VENV)/bin/pip install $(PIP_FLAGS) -e '.[serve]'
+	touch $@
+
+$(TEST_VENV)/.installed: pyproject.toml
+	test -x $(TEST_VENV)/bin/python || $(PYTHON) -m venv $(TEST_VENV)
+	$(TEST_VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
+	$(TEST_VENV)/bin/pip install $(PIP_FLAGS) -e '.[dev]'
+	touch $@
+
+## Start the server on http://127.0.0.1:8000 with every reference model ready.
+serve: $(SERVE_VENV)/.installed
+	$(SERVE_VENV)/bin/mlgate serve
+
+## Lint, type-check, check the import layers, run the whole test suite.
+test: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/ruff check src tests
+	$(TEST_VENV)/bin/ruff format --check src tests
+	$(TEST_VENV)/bin/mypy
+	$(TEST_VENV)/bin/lint-imports
+	$(TEST_VENV)/bin/pytest -q
+
+clean:
+	rm -rf $(SERVE_VENV) $(TEST_VENV) .mlgate .pytest_cache .mypy_cache .ruff_cache

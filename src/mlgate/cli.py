@@ -1,0 +1,221 @@
+"""The ``mlgate`` command line (Typer + Rich).
+
+``mlgate serve`` runs the server; the other commands talk to a running server over HTTP
+(``--url``, default http://127.0.0.1:8000) with the admin key from ``--api-key`` or
+``MLGATE_API_KEY``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
+
+from mlgate.settings import export_environ, load_settings
+
+app = typer.Typer(
+    help="mlgate: machine-learning models as secure, metered, monitored HTTP APIs.", no_args_is_help=True
+)
+models_app = typer.Typer(help="Models, versions and aliases.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+console = Console()
+err = Console(stderr=True)
+
+Url = Annotated[str, typer.Option("--url", envvar="MLGATE_URL", help="server base URL")]
+ApiKeyOpt = Annotated[
+    str | None, typer.Option("--api-key", envvar="MLGATE_API_KEY", help="API key (admin for writes)")
+]
+
+
+def _client(url: str, api_key: str | None, timeout: float = 120.0) -> httpx.Client:
+    headers = {"x-api-key": api_key} if api_key else {}
+    return httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+
+
+def _check(response: httpx.Response) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        body = response.text
+    if response.is_error:
+        message = body.get("error", body) if isinstance(body, dict) else body
+        err.print(f"[red]error {response.status_code}[/red]: {json.dumps(message, ensure_ascii=False)}")
+        raise typer.Exit(1)
+    return body
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="bind port (default 8000)")] = None,
+    workers: Annotated[int | None, typer.Option(help="server processes")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="local state (default ./.mlgate)")] = None,
+) -> None:
+    """Start the server with every installed reference model ready."""
+    import uvicorn
+
+    overrides = {
+        k: str(v)
+        for k, v in {"host": host, "port": port, "workers": workers, "data_dir": data_dir}.items()
+        if v is not None
+    }
+    export_environ(overrides)
+    settings = load_settings()
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "access_log": False,
+        "server_header": False,
+        "timeout_graceful_shutdown": 30,
+        "log_level": settings.log.level.lower(),
+    }
+    try:
+        import uvloop  # noqa: F401
+
+        options["loop"] = "uvloop"
+    except ImportError:
+        pass
+    try:
+        import httptools  # noqa: F401
+
+        options["http"] = "httptools"
+    except ImportError:
+        pass
+    if settings.workers > 1:
+        uvicorn.run("mlgate.http.app:create_app_from_env", factory=True, workers=settings.workers, **options)
+    else:
+        from mlgate.http.app import create_app
+
+        uvicorn.run(create_app(settings), **options)
+
+
+@models_app.command("list")
+def models_list(url: Url = "http://127.0.0.1:8000", api_key: ApiKeyOpt = None) -> None:
+    """List models, their aliases and loaded versions."""
+    with _client(url, api_key) as client:
+        body = _check(client.get("/v1/models"))
+    table = Table("model", "latest", "aliases", "loaded")
+    for m in body["models"]:
+        aliases = ", ".join(f"{a}→{v}" for a, v in sorted(m["aliases"].items()))
+        table.add_row(m["name"], str(m["latest_version"]), aliases, ", ".join(map(str, m["loaded_versions"])))
+    console.print(table)
+
+
+@models_app.command("info")
+def models_info(name: str, url: Url = "http://127.0.0.1:8000", api_key: ApiKeyOpt = None) -> None:
+    """Show a model and every version's manifest."""
+    with _client(url, api_key) as client:
+        console.print_json(data=_check(client.get(f"/v1/models/{name}")))
+
+
+class _Reader:
+    """A file whose reads advance a progress bar (httpx streams multipart files by ``read``)."""
+
+    def __init__(self, f: BinaryIO, progress: Progress, task: Any) -> None:
+        self._f, self._progress, self._task = f, progress, task
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._f.read(size)
+        self._progress.update(self._task, advance=len(chunk))
+        return chunk
+
+
+@models_app.command("push")
+def models_push(
+    name: str,
+    path: Annotated[Path, typer.Argument(exists=True, help="a model file, or a folder of files")],
+    runtime: Annotated[str | None, typer.Option(help="runtime (default: from the extension)")] = None,
+    artifact: Annotated[str | None, typer.Option(help="main file inside a folder")] = None,
+    manifest: Annotated[Path | None, typer.Option(exists=True, help="manifest JSON file")] = None,
+    alias: Annotated[
+        list[str] | None, typer.Option(help="alias to point at the new version (repeatable)")
+    ] = None,
+    trusted: Annotated[bool, typer.Option(help="allow a pickle to load (it executes code)")] = False,
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Upload a new version of NAME from PATH."""
+    data: dict[str, Any] = json.loads(manifest.read_text()) if manifest else {}
+    if runtime:
+        data["runtime"] = runtime
+    if artifact:
+        data["artifact"] = artifact
+    if trusted:
+        data["trusted"] = True
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    root = path.parent if path.is_file() else path
+    total = sum(p.stat().st_size for p in files)
+    handles = [p.open("rb") for p in files]
+    try:
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=err,
+        ) as progress:
+            task = progress.add_task(f"uploading {name}", total=total)
+            parts = [
+                (
+                    "files",
+                    (p.relative_to(root).as_posix(), _Reader(h, progress, task), "application/octet-stream"),
+                )
+                for p, h in zip(files, handles, strict=True)
+            ]
+            form = {"manifest": json.dumps(data), "aliases": ",".join(alias or [])}
+            with _client(url, api_key, timeout=3600) as client:
+                body = _check(client.post(f"/v1/models/{name}/versions", files=parts, data=form))  # type: ignore[arg-type]
+    finally:
+        for h in handles:
+            h.close()
+    console.print(f"[green]registered[/green] {body['model']} v{body['version']} ({body['runtime']})")
+
+
+@models_app.command("alias")
+def models_alias(
+    name: str, alias: str, version: int, url: Url = "http://127.0.0.1:8000", api_key: ApiKeyOpt = None
+) -> None:
+    """Point ALIAS of NAME at VERSION (promote or roll back, no restart)."""
+    with _client(url, api_key) as client:
+        body = _check(client.put(f"/v1/models/{name}/aliases/{alias}", json={"version": version}))
+    console.print(f"{body['model']}:{body['alias']} → v{body['version']}")
+
+
+@app.command()
+def predict(
+    name: str,
+    json_input: Annotated[str | None, typer.Option("--json", help="input JSON ('-' reads stdin)")] = None,
+    file: Annotated[Path | None, typer.Option(exists=True, help="input JSON file")] = None,
+    version: Annotated[str | None, typer.Option(help="version number or alias")] = None,
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Send one input to NAME and print the answer."""
+    if file is not None:
+        raw = file.read_text()
+    elif json_input == "-":
+        raw = sys.stdin.read()
+    elif json_input is not None:
+        raw = json_input
+    else:
+        err.print("give --json or --file")
+        raise typer.Exit(2)
+    try:
+        payload = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        err.print(f"[red]input is not JSON[/red]: {exc}")
+        raise typer.Exit(2) from None
+    route = f"/v1/models/{name}/versions/{version}/predict" if version else f"/v1/models/{name}/predict"
+    with _client(url, api_key) as client:
+        console.print_json(data=_check(client.post(route, json=payload)))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,243 @@
+"""Serve requests against models: resolve, load on demand, decode, batch, encode.
+
+The dataplane knows nothing of HTTP; the FastAPI edge, a Lambda handler or a Ray
+replica all call :meth:`DataPlane.predict`. Loaded versions are kept by
+``(model, version)``: moving an alias only changes which version the next request
+resolves to, while requests already holding the old version finish on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mlgate.batching import Batcher
+from mlgate.cache import ArtifactCache
+from mlgate.errors import InvalidInput, MlgateError, ModelLoadError, PredictionFailed
+from mlgate.repository import Repository
+from mlgate.runtimes import create_runtime
+from mlgate.runtimes.base import LoadContext, ModelRuntime
+from mlgate.settings import Settings
+from mlgate.telemetry.metrics import Metrics, ModelMetrics
+from mlgate.types import Processor, VersionInfo
+
+__all__ = ["DataPlane", "LoadedModel", "Prediction"]
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    model: str
+    version: int
+    output: Any
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    """A version in memory: its runtime, batcher and pre-bound metrics."""
+
+    info: VersionInfo
+    runtime: ModelRuntime
+    batcher: Batcher
+    metrics: ModelMetrics
+    load_seconds: float
+    processor: Processor | None = None
+    loaded_at: float = field(default_factory=time.time)
+
+
+class DataPlane:
+    """Loads versions and serves predictions; one per server process."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        repository: Repository,
+        cache: ArtifactCache,
+        metrics: Metrics,
+        processors: Mapping[str, Processor] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.repository = repository
+        self.cache = cache
+        self.metrics = metrics
+        self.processors = dict(processors or {})
+        self._loaded: dict[tuple[str, int], LoadedModel] = {}
+        self._locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self._aliases: dict[tuple[str, str | int | None], tuple[float, VersionInfo]] = {}
+        self._generation = -1
+        self.ready = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load every aliased version (``production`` first) so the first request is warm."""
+        if self.settings.load_on_start:
+            for model in await asyncio.to_thread(self.repository.list_models):
+                versions = set(model.aliases.values())
+                if not versions and model.latest_version is not None:
+                    versions = {model.latest_version}
+                for v in sorted(versions):
+                    info = await asyncio.to_thread(self.repository.get_version, model.name, v)
+                    await self.ensure_loaded(info)
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        for loaded in list(self._loaded.values()):
+            await loaded.batcher.stop()
+            loaded.runtime.close()
+        self._loaded.clear()
+
+    def loaded(self) -> list[LoadedModel]:
+        return list(self._loaded.values())
+
+    def is_loaded(self, name: str, version: int) -> bool:
+        return (name, version) in self._loaded
+
+    # -- resolution ------------------------------------------------------------------------
+
+    def invalidate(self) -> None:
+        """Forget cached alias resolutions (after an alias move in this process)."""
+        self._aliases.clear()
+
+    async def resolve(self, name: str, ref: str | int | None = None) -> VersionInfo:
+        """Resolve a version/alias, cached for ``alias_ttl_s`` seconds (numbers are immutable)."""
+        key = (name, ref)
+        now = time.monotonic()
+        hit = self._aliases.get(key)
+        if hit is not None and (isinstance(ref, int) or now - hit[0] < self.settings.alias_ttl_s):
+            return hit[1]
+        info = await asyncio.to_thread(self.repository.resolve, name, ref)
+        self._aliases[key] = (now, info)
+        return info
+
+    # -- loading ---------------------------------------------------------------------------
+
+    async def ensure_loaded(self, info: VersionInfo) -> LoadedModel:
+        key = (info.model, info.version)
+        loaded = self._loaded.get(key)
+        if loaded is not None:
+            return loaded
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            loaded = self._loaded.get(key)
+            if loaded is None:
+                loaded = await self._load(info)
+                self._loaded[key] = loaded
+        return loaded
+
+    def _trusted(self, info: VersionInfo) -> bool:
+        artifact_sha = info.manifest.files.get(info.manifest.artifact)
+        return info.manifest.trusted or (
+            artifact_sha is not None and artifact_sha in self.settings.trusted_sha256
+        )
+
+    async def _load(self, info: VersionInfo) -> LoadedModel:
+        started = time.perf_counter()
+        try:
+            runtime = await asyncio.to_thread(self._load_runtime, info)
+        except MlgateError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"could not load {info.model} v{info.version}: {exc}") from exc
+        elapsed = time.perf_counter() - started
+        metrics = self.metrics.for_model(info.model, info.version)
+        batcher = Batcher(
+            runtime.predict,
+            info.manifest.batching,
+            name=f"{info.model}-{info.version}",
+            on_batch=metrics.batch_size.observe,
+        )
+        self.metrics.track_queue(info.model, info.version, lambda: batcher.queue_depth)
+        batcher.start()
+        metrics.cold_starts.inc()
+        metrics.load_seconds.set(elapsed)
+        return LoadedModel(info, runtime, batcher, metrics, elapsed, self.processors.get(info.model))
+
+    def _load_runtime(self, info: VersionInfo) -> ModelRuntime:
+        local = self.cache.fetch(info)
+        runtime = create_runtime(info.manifest.runtime)
+        runtime.load(LoadContext(local, info.manifest, trusted=self._trusted(info)))
+        warm = runtime.warmup_input()
+        if warm is not None:
+            runtime.predict([warm])
+        return runtime
+
+    # -- serving ---------------------------------------------------------------------------
+
+    async def predict(self, name: str, payload: Any, *, version: str | int | None = None) -> Prediction:
+        """One prediction through the model's processor (if any), runtime and batcher."""
+        loaded = await self.ensure_loaded(await self.resolve(name, version))
+        return await self._serve(loaded, payload)
+
+    async def predict_many(
+        self, name: str, payloads: list[Any], *, version: str | int | None = None
+    ) -> tuple[VersionInfo, list[Prediction | MlgateError]]:
+        """Many predictions on one resolved version, answered in order; bad items fail alone."""
+        info = await self.resolve(name, version)
+        loaded = await self.ensure_loaded(info)
+        results = await asyncio.gather(*(self._serve(loaded, p) for p in payloads), return_exceptions=True)
+        out: list[Prediction | MlgateError] = []
+        for r in results:
+            if isinstance(r, Prediction | MlgateError):
+                out.append(r)
+            elif isinstance(r, BaseException):
+                raise r
+        return info, out
+
+    async def infer_tensors(
+        self, name: str, tensors: dict[str, np.ndarray], *, version: str | int | None = None
+    ) -> tuple[VersionInfo, dict[str, np.ndarray]]:
+        """Open Inference Protocol: rows of the input tensor(s) in, stacked output tensors out."""
+        info = await self.resolve(name, version)
+        loaded = await self.ensure_loaded(info)
+        items = loaded.runtime.decode_tensors(tensors)
+        outputs = await asyncio.gather(*(self._submit(loaded, x) for x in items))
+        return info, loaded.runtime.encode_tensors(list(outputs))
+
+    async def _serve(self, loaded: LoadedModel, payload: Any) -> Prediction:
+        m = loaded.metrics
+        try:
+            item = loaded.processor.decode(payload) if loaded.processor is not None else payload
+            x = loaded.runtime.decode(item)
+            y = await self._submit(loaded, x)
+            out = loaded.runtime.encode(y)
+            _check_finite(out)
+            if loaded.processor is not None:
+                out = loaded.processor.encode(out)
+        except MlgateError as exc:
+            m.error(exc.code)
+            raise
+        return Prediction(loaded.info.model, loaded.info.version, out)
+
+    async def _submit(self, loaded: LoadedModel, x: Any) -> Any:
+        started = time.perf_counter()
+        timeout = loaded.info.manifest.timeout_s or self.settings.default_timeout_s
+        try:
+            y = await loaded.batcher.submit(x, timeout=timeout)
+        except MlgateError:
+            raise
+        except Exception as exc:
+            raise PredictionFailed(f"the model failed on this input: {type(exc).__name__}") from exc
+        loaded.metrics.invocations.inc()
+        loaded.metrics.latency.observe(time.perf_counter() - started)
+        return y
+
+
+def _check_finite(value: Any) -> None:
+    """Outputs must be JSON numbers: an input that drives the model to inf/NaN is a 4xx."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidInput("input drives the model to a non-finite output (values out of range)")
+    elif isinstance(value, list):
+        for v in value:
+            _check_finite(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _check_finite(v)

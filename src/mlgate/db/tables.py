@@ -1,0 +1,130 @@
+"""The registry schema as SQLAlchemy Core tables (migrations in ``mlgate.db.migrations``).
+
+Timestamps are timezone-aware UTC on every backend (:class:`UtcDateTime`).
+``registry_state.generation`` is bumped by every registry write so other processes can
+notice a change with one cheap read.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    false,
+)
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "UtcDateTime",
+    "aliases",
+    "api_keys",
+    "metadata",
+    "model_versions",
+    "models",
+    "registry_state",
+    "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as UTC and always read back timezone-aware (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+#: Constraint names are deterministic so SQLite batch migrations can find them by name.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+models = Table(
+    "models",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("description", Text, nullable=False, default=""),
+    Column("created_at", UtcDateTime, nullable=False, default=utcnow),
+)
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("model", String(64), ForeignKey("models.name"), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("manifest", Text, nullable=False),
+    # "" means content-addressed in the store (models/<name>/<version>); else an absolute URI.
+    Column("location", String(1024), nullable=False, default=""),
+    Column("created_at", UtcDateTime, nullable=False, default=utcnow),
+)
+
+aliases = Table(
+    "aliases",
+    metadata,
+    Column("model", String(64), ForeignKey("models.name"), primary_key=True),
+    Column("alias", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False, default=utcnow),
+    ForeignKeyConstraint(["model", "version"], ["model_versions.model", "model_versions.version"]),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("prefix", String(16), nullable=False, unique=True),
+    Column("key_hash", String(128), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("owner", String(128), nullable=True),
+    Column("created_at", UtcDateTime, nullable=False, default=utcnow),
+    Column("expires_at", UtcDateTime, nullable=True),
+    Column("disabled", Boolean, nullable=False, default=False, server_default=false()),
+)
+
+registry_state = Table(
+    "registry_state",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("generation", BigInteger, nullable=False, default=0),
+    CheckConstraint("id = 1", name="singleton"),
+)

@@ -1,0 +1,62 @@
+"""The one handler that maps errors to JSON: ``{"error": {"code", "message"[, "details"]}}``."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from mlgate.errors import MlgateError, Overloaded
+from mlgate.http.jsonio import JSONResponse
+
+__all__ = ["error_response", "install_error_handlers"]
+
+log = logging.getLogger("mlgate.http")
+
+
+def error_response(exc: MlgateError) -> JSONResponse:
+    headers = {}
+    if isinstance(exc, Overloaded):
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return JSONResponse({"error": exc.to_dict()}, status_code=exc.status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_mlgate(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, MlgateError)
+        return error_response(exc)
+
+    async def on_validation(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        body = {
+            "error": {
+                "code": "invalid_request",
+                "message": "request does not match the schema",
+                "details": {"errors": errors},
+            }
+        }
+        return JSONResponse(body, status_code=422)
+
+    async def on_http(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(
+            {"error": {"code": code, "message": str(exc.detail)}},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(
+            {"error": {"code": "internal", "message": "internal server error"}}, status_code=500
+        )
+
+    app.add_exception_handler(MlgateError, on_mlgate)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(HTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,135 @@
+"""The edge middleware (pure ASGI, one layer): request id, body size limit, metrics, access log.
+
+Pure ASGI rather than BaseHTTPMiddleware: no extra task or stream copy per request.
+Handlers report the model/version they served in ``request.state`` (``scope["state"]``),
+which this layer reads back for the access log.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mlgate.errors import PayloadTooLarge
+from mlgate.telemetry.access_log import AccessLog, AccessRecord
+from mlgate.telemetry.metrics import Metrics
+
+__all__ = ["EdgeMiddleware"]
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class EdgeMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics, access_log: AccessLog) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.metrics = metrics
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _request_id(scope)
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = 500
+        limit = self.max_body_bytes
+        received = 0
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        async def receive_wrapper() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # An MlgateError, so the app's one error handler answers it (413 JSON).
+                    raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+            return message
+
+        try:
+            if _content_length(scope) > limit:
+                await self._send_413(send_wrapper)
+            else:
+                await self.app(scope, receive_wrapper, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            self.metrics.http_requests.labels(template, scope["method"], str(status)).inc()
+            self.metrics.http_latency.labels(template).observe(elapsed)
+            self.access_log.write(
+                AccessRecord(
+                    method=scope["method"],
+                    url=_url(scope),
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 3),
+                    request_id=request_id,
+                    model=state.get("model"),
+                    version=state.get("version"),
+                    key_id=state.get("key_id"),
+                    client=scope["client"][0] if scope.get("client") else None,
+                )
+            )
+
+    async def _send_413(self, send: Send) -> None:
+        body = orjson.dumps(
+            {
+                "error": {
+                    "code": "payload_too_large",
+                    "message": f"request body exceeds {self.max_body_bytes} bytes",
+                }
+            }
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            candidate: str = value.decode("latin-1")
+            if _REQUEST_ID.match(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
+def _content_length(scope: Scope) -> int:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+def _url(scope: Scope) -> str:
+    path: str = scope.get("path", "")
+    query: bytes = scope.get("query_string", b"")
+    return f"{path}?{query.decode('latin-1')}" if query else path

@@ -1,0 +1,148 @@
+"""Model routes: list, describe, predict (one, batch, pinned version)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from mlgate.errors import InvalidInput, MlgateError
+from mlgate.http.deps import json_body, server_of, version_ref
+from mlgate.http.jsonio import JSONResponse
+from mlgate.types import ModelInfo, VersionInfo
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+_ANY_JSON = {"requestBody": {"required": True, "content": {"application/json": {"schema": {}}}}}
+_BATCH_JSON = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {"inputs": {"type": "array", "items": {}, "maxItems": 1024}},
+                }
+            }
+        },
+    }
+}
+MAX_BATCH_ITEMS = 1024
+
+
+def model_json(model: ModelInfo, loaded: list[int]) -> dict[str, Any]:
+    return {
+        "name": model.name,
+        "description": model.description,
+        "created_at": model.created_at.isoformat(),
+        "aliases": dict(model.aliases),
+        "latest_version": model.latest_version,
+        "loaded_versions": loaded,
+    }
+
+
+def version_json(info: VersionInfo, aliases: list[str]) -> dict[str, Any]:
+    m = info.manifest
+    return {
+        "model": info.model,
+        "version": info.version,
+        "created_at": info.created_at.isoformat(),
+        "aliases": aliases,
+        "runtime": m.runtime,
+        "artifact": m.artifact,
+        "files": m.files,
+        "description": m.description,
+        "input_schema": m.input_schema,
+        "output_schema": m.output_schema,
+        "params": m.params,
+        "metrics": m.metrics,
+        "trusted": m.trusted,
+        "batching": m.batching.model_dump(),
+        "timeout_s": m.timeout_s,
+        "location": info.location or "content-addressed",
+    }
+
+
+@router.get("", summary="List models with their aliases and loaded versions")
+async def list_models(request: Request) -> JSONResponse:
+    server = server_of(request)
+    models = await asyncio.to_thread(server.repository.list_models)
+    loaded: dict[str, list[int]] = {}
+    for lm in server.dataplane.loaded():
+        loaded.setdefault(lm.info.model, []).append(lm.info.version)
+    return JSONResponse({"models": [model_json(m, sorted(loaded.get(m.name, []))) for m in models]})
+
+
+@router.get("/{name}", summary="Describe a model and every version's manifest")
+async def get_model(name: str, request: Request) -> JSONResponse:
+    server = server_of(request)
+    model = await asyncio.to_thread(server.repository.get_model, name)
+    versions = await asyncio.to_thread(server.repository.list_versions, name)
+    loaded = sorted(v.version for v in versions if server.dataplane.is_loaded(name, v.version))
+    by_version: dict[int, list[str]] = {}
+    for alias, v in model.aliases.items():
+        by_version.setdefault(v, []).append(alias)
+    body = model_json(model, loaded)
+    body["versions"] = [version_json(v, sorted(by_version.get(v.version, []))) for v in versions]
+    return JSONResponse(body)
+
+
+async def _predict(request: Request, name: str, ref: str | int | None) -> JSONResponse:
+    payload = await json_body(request)
+    prediction = await server_of(request).dataplane.predict(name, payload, version=ref)
+    request.state.model = prediction.model
+    request.state.version = str(prediction.version)
+    return JSONResponse(
+        {"model_name": prediction.model, "model_version": prediction.version, "outputs": prediction.output}
+    )
+
+
+async def _batch(request: Request, name: str, ref: str | int | None) -> JSONResponse:
+    body = await json_body(request)
+    inputs = body.get("inputs") if isinstance(body, dict) else None
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInput('a batch is {"inputs": [input, input, ...]} with at least one input')
+    if len(inputs) > MAX_BATCH_ITEMS:
+        raise InvalidInput(f"a batch holds at most {MAX_BATCH_ITEMS} inputs")
+    info, results = await server_of(request).dataplane.predict_many(name, inputs, version=ref)
+    request.state.model = info.model
+    request.state.version = str(info.version)
+    out: list[dict[str, Any]] = []
+    for r in results:
+        if isinstance(r, MlgateError):
+            out.append({"error": {**r.to_dict(), "status": r.status}})
+        else:
+            out.append({"output": r.output})
+    return JSONResponse({"model_name": info.model, "model_version": info.version, "results": out})
+
+
+@router.post(
+    "/{name}/predict", summary="Predict with the production version (or ?version=)", openapi_extra=_ANY_JSON
+)
+async def predict(name: str, request: Request, version: str | None = None) -> JSONResponse:
+    return await _predict(request, name, version_ref(version))
+
+
+@router.post(
+    "/{name}/versions/{version}/predict",
+    summary="Predict with a version number or alias",
+    openapi_extra=_ANY_JSON,
+)
+async def predict_version(name: str, version: str, request: Request) -> JSONResponse:
+    return await _predict(request, name, version_ref(version))
+
+
+@router.post("/{name}/batch", summary="Many inputs in one call, answered in order", openapi_extra=_BATCH_JSON)
+async def batch(name: str, request: Request, version: str | None = None) -> JSONResponse:
+    return await _batch(request, name, version_ref(version))
+
+
+@router.post(
+    "/{name}/versions/{version}/batch",
+    summary="Batch against a version number or alias",
+    openapi_extra=_BATCH_JSON,
+)
+async def batch_version(name: str, version: str, request: Request) -> JSONResponse:
+    return await _batch(request, name, version_ref(version))

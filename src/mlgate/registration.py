@@ -1,0 +1,138 @@
+"""Register versions: uploaded files, bundled reference models and models declared by URI.
+
+Files go to the store content-addressed (``blobs/sha256/<hex>``) *before* the version row
+is written, so a version is never visible without its files; identical files are
+stored once. Bundled and URI-declared models register idempotently: the same files
+give back the same version.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from mlgate.cache import ArtifactCache, sha256_file
+from mlgate.errors import ConfigurationError, InvalidInput, UnsafeArtifact
+from mlgate.repository import Repository
+from mlgate.runtimes import RUNTIMES
+from mlgate.settings import Settings
+from mlgate.store import ArtifactStore, open_store, split_uri, validate_key
+from mlgate.types import BundledModel, Manifest, VersionInfo
+
+__all__ = ["PICKLE_SUFFIXES", "Registrar", "runtime_for_suffix"]
+
+#: Formats whose loading executes code.
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pt", ".pth")
+
+_SUFFIX_RUNTIMES = {
+    ".skops": "sklearn",
+    ".pkl": "sklearn",
+    ".pickle": "sklearn",
+    ".joblib": "sklearn",
+    ".onnx": "onnx",
+    ".tflite": "tflite",
+    ".pb": "opencv-dnn",
+}
+
+
+def runtime_for_suffix(filename: str) -> str:
+    """The runtime a single-file model uses, by extension (ConfigurationError if unknown)."""
+    suffix = Path(filename).suffix.lower()
+    try:
+        return _SUFFIX_RUNTIMES[suffix]
+    except KeyError:
+        known = ", ".join(sorted(_SUFFIX_RUNTIMES))
+        raise ConfigurationError(f"cannot tell the runtime of '{filename}'; known extensions: {known}") from None
+
+
+class Registrar:
+    """Writes versions to the store and the registry."""
+
+    def __init__(self, *, repository: Repository, store: ArtifactStore, settings: Settings) -> None:
+        self.repository = repository
+        self.store = store
+        self.settings = settings
+
+    def check(self, manifest: Manifest, files: Mapping[str, str]) -> None:
+        """Refuse manifests the server could never load (unknown runtime, untrusted pickle)."""
+        if manifest.runtime not in RUNTIMES:
+            raise InvalidInput(f"unknown runtime '{manifest.runtime}'; known: {', '.join(sorted(RUNTIMES))}")
+        if manifest.artifact not in files:
+            raise InvalidInput(f"artifact '{manifest.artifact}' is not among the uploaded files")
+        digest = files[manifest.artifact]
+        if (
+            Path(manifest.artifact).suffix.lower() in PICKLE_SUFFIXES
+            and not manifest.trusted
+            and digest not in self.settings.trusted_sha256
+        ):
+            raise UnsafeArtifact(
+                f"'{manifest.artifact}' is a pickle, and loading a pickle executes code: "
+                "mark the version trusted or pin its sha256 in MLGATE_TRUSTED_SHA256 "
+                "(prefer a safe format: skops, ONNX)"
+            )
+
+    def register_files(
+        self,
+        name: str,
+        files: Mapping[str, Path],
+        manifest: Manifest,
+        *,
+        description: str = "",
+        aliases: tuple[str, ...] = (),
+        progress: Callable[[int], None] | None = None,
+    ) -> VersionInfo:
+        """Store ``files`` (relpath -> local path) and register them as a new version."""
+        if not files:
+            raise InvalidInput("a version needs at least one file")
+        hashes = {validate_key(rel): sha256_file(path) for rel, path in files.items()}
+        manifest = manifest.model_copy(update={"files": hashes})
+        self.check(manifest, hashes)
+        for rel, path in files.items():
+            key = ArtifactCache.blob_key(hashes[validate_key(rel)])
+            if not self.store.exists(key):
+                self.store.put_file(key, path, progress=progress)
+        self.repository.ensure_model(name, description=description)
+        info = self.repository.add_version(name, manifest)
+        for alias in aliases:
+            self.repository.set_alias(name, alias, info.version)
+        return info
+
+    def register_bundled(self, bundled: BundledModel) -> VersionInfo:
+        """Register a service's shipped model once; set its aliases only where unset."""
+        root = bundled.artifact_dir
+        files = {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
+        hashes = {rel: sha256_file(path) for rel, path in files.items()}
+        info = (
+            self.repository.find_version(bundled.name, hashes) if self._model_exists(bundled.name) else None
+        )
+        if info is None:
+            info = self.register_files(bundled.name, files, bundled.manifest, description=bundled.description)
+        self._alias_if_unset(info, bundled.aliases)
+        return info
+
+    def register_uri(self, name: str, uri: str) -> VersionInfo:
+        """Register a single-file model given by URI (``MODEL_S3_URI`` style), idempotently."""
+        prefix, key = split_uri(uri)
+        store = open_store(prefix, s3=self.settings.s3)
+        with tempfile.TemporaryDirectory(prefix="mlgate-uri-") as tmp:
+            local = Path(tmp) / Path(key).name
+            store.download(key, local)
+            digest = sha256_file(local)
+        manifest = Manifest(runtime=runtime_for_suffix(key), artifact=key, files={key: digest})
+        self.check(manifest, manifest.files)
+        self.repository.ensure_model(name, description=f"declared by URI {uri}")
+        info = self.repository.find_version(name, manifest.files, location=prefix)
+        if info is None:
+            info = self.repository.add_version(name, manifest, location=prefix)
+        self._alias_if_unset(info, ("production",))
+        return info
+
+    def _model_exists(self, name: str) -> bool:
+        return any(m.name == name for m in self.repository.list_models())
+
+    def _alias_if_unset(self, info: VersionInfo, aliases: tuple[str, ...]) -> None:
+        current = self.repository.get_model(info.model).aliases
+        for alias in aliases:
+            if alias not in current:
+                self.repository.set_alias(info.model, alias, info.version)

@@ -1,0 +1,114 @@
+"""Prometheus metrics, one registry per server instance (no global state, so tests can build many apps).
+
+Names follow ``mlgate_<subsystem>_<name>_<unit>``. Per-model children are resolved once
+per loaded version (:class:`ModelMetrics`) so the hot path does no label lookups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE", "Metrics", "ModelMetrics"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetrics:
+    """Pre-bound metric children for one model version."""
+
+    invocations: Counter
+    latency: Histogram
+    batch_size: Histogram
+    cold_starts: Counter
+    load_seconds: Gauge
+    model: str
+    version: str
+    _errors: Counter
+
+    def error(self, code: str) -> None:
+        self._errors.labels(self.model, self.version, code).inc()
+
+
+class Metrics:
+    """All of a server's metrics in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        labels = ("model", "version")
+        self.http_requests = Counter(
+            "mlgate_http_requests", "HTTP requests answered", ("route", "method", "status"), registry=r
+        )
+        self.http_latency = Histogram(
+            "mlgate_http_request_duration_seconds",
+            "HTTP request duration",
+            ("route",),
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.invocations = Counter("mlgate_model_invocations", "model predictions served", labels, registry=r)
+        self.errors = Counter("mlgate_model_errors", "failed model requests", (*labels, "code"), registry=r)
+        self.latency = Histogram(
+            "mlgate_model_latency_seconds",
+            "time from accepting a decoded input to its output",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "mlgate_model_batch_size", "items per executed batch", labels, buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.cold_starts = Counter("mlgate_model_cold_starts", "model version loads", labels, registry=r)
+        self.load_seconds = Gauge(
+            "mlgate_model_load_seconds", "seconds the last load took", labels, registry=r
+        )
+        self.queue_depth = Gauge(
+            "mlgate_model_queue_depth", "requests waiting for a batch", labels, registry=r
+        )
+        self.startup_seconds = Gauge(
+            "mlgate_server_startup_seconds", "process start to ready (cold start)", registry=r
+        )
+
+    def track_queue(self, model: str, version: int, depth: Callable[[], int]) -> None:
+        self.queue_depth.labels(model, str(version)).set_function(depth)
+
+    def for_model(self, model: str, version: int) -> ModelMetrics:
+        v = str(version)
+        return ModelMetrics(
+            invocations=self.invocations.labels(model, v),
+            latency=self.latency.labels(model, v),
+            batch_size=self.batch_size.labels(model, v),
+            cold_starts=self.cold_starts.labels(model, v),
+            load_seconds=self.load_seconds.labels(model, v),
+            model=model,
+            version=v,
+            _errors=self.errors,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
