@@ -136,10 +136,7 @@ class Batcher:
     def _run(self, values: list[Any]) -> list[tuple[bool, Any]]:
         started = time.perf_counter()
         try:
-            outputs = self._predict(values)
-            if len(outputs) != len(values):
-                raise MlgateError(f"runtime returned {len(outputs)} outputs for {len(values)} inputs")
-            results = [(True, o) for o in outputs]
+            results = [(True, o) for o in self._checked_predict(values)]
         except Exception as exc:
             if len(values) == 1:
                 results = [(False, exc)]
@@ -149,17 +146,23 @@ class Batcher:
         self._mean_batch_s = elapsed if self._mean_batch_s == 0 else 0.9 * self._mean_batch_s + 0.1 * elapsed
         return results
 
+    def _checked_predict(self, values: list[Any]) -> list[Any]:
+        outputs = self._predict(values)
+        if len(outputs) != len(values):
+            raise MlgateError(f"runtime returned {len(outputs)} outputs for {len(values)} inputs")
+        return outputs
+
     def _run_one(self, value: Any) -> tuple[bool, Any]:
+        # Checked too: a runtime that breaks the contract must not have its first output taken.
         try:
-            return True, self._predict([value])[0]
+            return True, self._checked_predict([value])[0]
         except Exception as exc:
             return False, exc
 
     @staticmethod
     def _deliver(batch: list[_Item], fut: asyncio.Future[list[tuple[bool, Any]]]) -> None:
-        if fut.cancelled():
-            return
-        exc = fut.exception()
+        # Cancelled only by stop() shutting the pool down before the batch started.
+        exc = Overloaded("model is being unloaded", retry_after=1.0) if fut.cancelled() else fut.exception()
         for i, item in enumerate(batch):
             if item.future.done():
                 continue

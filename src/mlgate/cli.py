@@ -218,4 +218,12 @@ def predict(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except httpx.TransportError as exc:
+        try:
+            url: object = exc.request.url
+        except RuntimeError:  # no request attached
+            url = "the server"
+        err.print(f"[red]cannot reach {url}[/red]: {exc}")
+        sys.exit(1)

@@ -75,77 +75,109 @@ class MlgateError(Exception):
 
 
 class InvalidInput(MlgateError):
+    """The request's payload is malformed or out of range (decoded before batching)."""
+
     status = 400
     code = "invalid_input"
 
 
 class PayloadTooLarge(InvalidInput):
+    """The request body is larger than ``max_body_bytes``."""
+
     status = 413
     code = "payload_too_large"
 
 
 class Unauthorized(MlgateError):
+    """No credentials were sent where they are required."""
+
     status = 401
     code = "unauthorized"
 
 
 class Forbidden(MlgateError):
+    """The credentials are unknown, disabled, expired or lack the role."""
+
     status = 403
     code = "forbidden"
 
 
 class NotFound(MlgateError):
+    """The named thing does not exist."""
+
     status = 404
     code = "not_found"
 
 
 class ModelNotFound(NotFound):
+    """No model has this name."""
+
     code = "model_not_found"
 
 
 class VersionNotFound(NotFound):
+    """The model has no such version or alias."""
+
     code = "version_not_found"
 
 
 class ObjectNotFound(NotFound):
+    """The object store has no such key."""
+
     code = "object_not_found"
 
 
 class Conflict(MlgateError):
+    """The thing already exists or the change conflicts with current state."""
+
     status = 409
     code = "conflict"
 
 
 class UnsafeArtifact(MlgateError):
+    """The artifact would execute code on load (pickle) and is not trusted."""
+
     status = 422
     code = "unsafe_artifact"
 
 
 class ConfigurationError(MlgateError):
+    """The server is misconfigured or an optional dependency is missing."""
+
     status = 500
     code = "configuration_error"
 
 
 class PredictionFailed(MlgateError):
+    """The model raised on an input that decoded fine."""
+
     status = 500
     code = "prediction_failed"
 
 
 class StoreError(MlgateError):
+    """The object store is unreachable or refused the operation."""
+
     status = 502
     code = "store_error"
 
 
 class IntegrityError(StoreError):
+    """A downloaded file does not match its recorded sha256."""
+
     code = "integrity_error"
 
 
 class ModelLoadError(MlgateError):
+    """A version could not be loaded."""
+
     status = 503
     code = "model_load_error"
 
 
 class NotReady(MlgateError):
+    """The server or model is still starting."""
+
     status = 503
     code = "not_ready"
 
@@ -164,5 +196,7 @@ class Overloaded(MlgateError):
 
 
 class PredictionTimeout(MlgateError):
+    """The prediction took longer than the model's timeout."""
+
     status = 504
     code = "timeout"

@@ -43,7 +43,9 @@ def runtime_for_suffix(filename: str) -> str:
         return _SUFFIX_RUNTIMES[suffix]
     except KeyError:
         known = ", ".join(sorted(_SUFFIX_RUNTIMES))
-        raise ConfigurationError(f"cannot tell the runtime of '{filename}'; known extensions: {known}") from None
+        raise ConfigurationError(
+            f"cannot tell the runtime of '{filename}'; known extensions: {known}"
+        ) from None
 
 
 class Registrar:
@@ -125,7 +127,10 @@ class Registrar:
         info = self.repository.find_version(name, manifest.files, location=prefix)
         if info is None:
             info = self.repository.add_version(name, manifest, location=prefix)
-        self._alias_if_unset(info, ("production",))
+        # The URI is the deployment's source of truth: whatever bytes it holds now serve
+        # (new bytes, or older bytes put back), as with the original serverless function.
+        if self.repository.get_model(name).aliases.get("production") != info.version:
+            self.repository.set_alias(name, "production", info.version)
         return info
 
     def _model_exists(self, name: str) -> bool:

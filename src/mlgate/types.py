@@ -63,7 +63,9 @@ class Manifest(BaseModel):
     baseline: dict[str, Any] = Field(default_factory=dict, description="training-data statistics for drift")
     trusted: bool = Field(default=False, description="allow formats that execute code on load (pickle)")
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
-    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    timeout_s: float | None = Field(
+        default=None, gt=0, le=3600, description="per-request timeout (504); None uses the server default"
+    )
 
     @field_validator("files")
     @classmethod

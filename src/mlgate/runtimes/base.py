@@ -54,6 +54,9 @@ class ModelRuntime(ABC):
 
     #: registry name used in manifests
     name: ClassVar[str]
+    #: True when ``decode`` does real work (image decoding, resizing): the dataplane then runs
+    #: it on a worker thread instead of the event loop.
+    heavy_decode: ClassVar[bool] = False
 
     @abstractmethod
     def load(self, ctx: LoadContext) -> None:

@@ -62,7 +62,7 @@ def decode_image(
         # Image.open only parses the header: nothing is decoded until load().
         im = pil_image.open(io.BytesIO(raw), formats=[fmt])
     except bombs as exc:
-        raise InvalidInput(f"image has too many pixels (limit {max_pixels})") from exc
+        raise InvalidInput("image has too many pixels (decompression-bomb guard)") from exc
     except Exception as exc:
         raise InvalidInput(f"image is corrupt or not a valid {fmt}") from exc
     with im:
@@ -76,7 +76,7 @@ def decode_image(
             upright = image_ops.exif_transpose(im)
             rgb = _to_rgb(upright, pil_image)
         except bombs as exc:
-            raise InvalidInput(f"image has too many pixels (limit {max_pixels})") from exc
+            raise InvalidInput("image has too many pixels (decompression-bomb guard)") from exc
         except Exception as exc:
             raise InvalidInput(f"image is truncated or corrupt ({fmt})") from exc
     array = np.asarray(rgb, dtype=np.uint8)

@@ -37,6 +37,7 @@ class OpenCvDnnRuntime(ModelRuntime):
     """A ``cv2.dnn.Net`` on CPU; ``net.forward`` runs under a lock (the net is stateful)."""
 
     name = "opencv-dnn"
+    heavy_decode = True
 
     def __init__(self) -> None:
         self._cv2: Any = None
@@ -62,7 +63,10 @@ class OpenCvDnnRuntime(ModelRuntime):
         self._mean = (_number(mean[0], "mean"), _number(mean[1], "mean"), _number(mean[2], "mean"))
         self._swap_rb = _flag(p.get("swap_rb", False), "swap_rb")
         self._crop = _flag(p.get("crop", False), "crop")
-        self._max_pixels = int(p.get("max_pixels", DEFAULT_MAX_PIXELS))
+        self._max_pixels = _count(p.get("max_pixels", DEFAULT_MAX_PIXELS), "max_pixels", minimum=1)
+        threads = p.get("threads")
+        if threads is not None:
+            threads = _count(threads, "threads", minimum=0)
         suffix = ctx.artifact_path.suffix.lower()
         framework = p.get("framework", "tensorflow" if suffix == ".pb" else "onnx")
         try:
@@ -82,9 +86,8 @@ class OpenCvDnnRuntime(ModelRuntime):
             raise
         except Exception as exc:
             raise load_failed(self.name, exc) from exc
-        threads = p.get("threads")
         if threads is not None:
-            cv2.setNumThreads(int(threads))
+            cv2.setNumThreads(threads)
         self._out_names = list(net.getUnconnectedOutLayersNames())
         self._cv2, self._net = cv2, net
 
@@ -209,6 +212,12 @@ def _number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigurationError(f"opencv-dnn param '{name}' must be a number")
     return float(value)
+
+
+def _count(value: Any, name: str, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"opencv-dnn param '{name}' must be an integer >= {minimum}")
+    return value
 
 
 def _flag(value: Any, name: str) -> bool:

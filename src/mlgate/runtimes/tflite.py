@@ -41,6 +41,7 @@ class TfliteRuntime(ModelRuntime):
     """A LiteRT interpreter; every invocation holds ``self._lock``."""
 
     name = "tflite"
+    heavy_decode = True
 
     def __init__(self) -> None:
         self._interpreter: Any = None
@@ -77,17 +78,27 @@ class TfliteRuntime(ModelRuntime):
             raise ConfigurationError("tflite param 'input' must be 'image' or 'tensor'")
         if self._mode == "image" and not looks_like_image:
             raise ConfigurationError(f"tflite input shape {list(shape)} is not an image [1, H, W, 1|3]")
-        self._rgb = bool(p.get("rgb", True))
-        self._max_pixels = int(p.get("max_pixels", DEFAULT_MAX_PIXELS))
+        self._rgb = p.get("rgb", True)
+        if not isinstance(self._rgb, bool):
+            raise ConfigurationError("tflite param 'rgb' must be true or false")
+        max_pixels = p.get("max_pixels", DEFAULT_MAX_PIXELS)
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+            raise ConfigurationError("tflite param 'max_pixels' must be a positive integer")
+        self._max_pixels = max_pixels
         dtype = np.dtype(self._input["dtype"])
         quantized = dtype.kind in "iu" and _scale(self._input) != 0.0
         if self._mode == "image" and dtype.kind != "f" and dtype not in (np.uint8, np.int8):
             raise ConfigurationError(f"tflite image input of type {dtype.name} is not supported")
         if dtype.kind == "f" or (quantized and ("mean" in p or "std" in p)):
-            mean = np.asarray(p.get("mean", 127.5), dtype=np.float32)
-            std = np.asarray(p.get("std", 127.5), dtype=np.float32)
-            if np.any(std == 0):
-                raise ConfigurationError("tflite param 'std' must not be zero")
+            try:
+                mean = np.asarray(p.get("mean", 127.5), dtype=np.float32)
+                std = np.asarray(p.get("std", 127.5), dtype=np.float32)
+            except (TypeError, ValueError) as exc:
+                raise ConfigurationError("tflite params 'mean'/'std' must be numbers or lists of 3") from exc
+            if mean.size not in (1, 3) or std.size not in (1, 3) or not np.all(np.isfinite(std) & (std != 0)):
+                raise ConfigurationError(
+                    "tflite params 'mean'/'std' must be numbers or lists of 3; std not 0"
+                )
             self._normalize = (mean, std)
         self._interpreter = interpreter
 

