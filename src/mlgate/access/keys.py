@@ -49,7 +49,7 @@ def hash_key(secret: str) -> str:
 
 
 def _parse(secret: str) -> str | None:
-    parts = secret.split("_")
+    parts = secret.split("_", 2)  # the secret itself may contain "_"
     if len(parts) != 3 or parts[0] != "mlg" or len(parts[1]) != 8:
         return None
     return parts[1]
