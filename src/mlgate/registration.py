@@ -103,7 +103,10 @@ class Registrar:
     def register_bundled(self, bundled: BundledModel) -> VersionInfo:
         """Register a service's shipped model once; set its aliases only where unset."""
         root = bundled.artifact_dir
-        files = {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
+        if bundled.files is not None:
+            files = {rel: root / rel for rel in bundled.files}
+        else:
+            files = {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
         hashes = {rel: sha256_file(path) for rel, path in files.items()}
         info = (
             self.repository.find_version(bundled.name, hashes) if self._model_exists(bundled.name) else None

@@ -14,12 +14,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["LogSettings", "S3Settings", "Settings", "export_environ", "load_settings"]
+__all__ = [
+    "AuthSettings",
+    "CorsSettings",
+    "LimiterSettings",
+    "LogSettings",
+    "S3Settings",
+    "Settings",
+    "export_environ",
+    "load_settings",
+]
 
 
 class S3Settings(BaseModel):
@@ -39,6 +48,58 @@ class LogSettings(BaseModel):
     access_file: Path | None = Field(default=None, description="default <data_dir>/logs/access.log")
     max_bytes: int = Field(default=10 * 1024 * 1024, description="rotate the file past this size")
     backup_count: int = Field(default=5, description="rotated files kept")
+
+
+RouteAuth = Literal["key", "user", "either", "public"]
+
+
+class AuthSettings(BaseModel):
+    """Who may call what: API keys on model routes, user accounts with short-lived JWTs."""
+
+    jwt_secret: SecretStr | None = Field(
+        default=None,
+        description="HS256 signing secret (>= 32 chars, not a published default); unset: generated once "
+        "into <data_dir>/jwt.secret (mode 0600). Several machines must share one configured secret.",
+    )
+    token_minutes: int = Field(default=20, ge=1, le=24 * 60, description="access token lifetime")
+    model_routes: RouteAuth = Field(default="key", description="default for model routes")
+    routes: dict[str, RouteAuth] = Field(
+        default_factory=dict,
+        description='per model or route path overrides, e.g. {"temperatura": "public", "/prod": "either"}',
+    )
+    open_signup: bool = Field(
+        default=True, description="POST /auth/create_user without admin rights (role 'user' only)"
+    )
+
+
+class LimiterSettings(BaseModel):
+    """Where usage-plan state lives: one process (memory), the database, or Redis."""
+
+    url: str = Field(
+        default="memory://",
+        description="memory:// (one process), database (the registry DB), or redis://host:port/db",
+    )
+    redis_down: Literal["closed", "open"] = Field(
+        default="closed",
+        description="Redis unreachable: closed = 503 for keyed calls; open = admit, capped per process",
+    )
+    default_plan: str | None = Field(default=None, description="plan for keys with no plan attached")
+    usage_flush_s: float = Field(
+        default=1.0, gt=0, le=60, description="usage counters are written this often"
+    )
+
+
+class CorsSettings(BaseModel):
+    """CORS for browser clients. A wildcard origin is never combined with credentials."""
+
+    origins: list[str] = Field(default_factory=list, description='allowed origins, or ["*"]')
+    allow_credentials: bool = Field(default=False, description="cookies/Authorization from browsers")
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> CorsSettings:
+        if self.allow_credentials and "*" in self.origins:
+            raise ValueError("CORS: a wildcard origin cannot be combined with allow_credentials")
+        return self
 
 
 class Settings(BaseSettings):
@@ -90,6 +151,9 @@ class Settings(BaseSettings):
         description="bootstrap admin key to install (hashed) instead of generating one on first start",
     )
     log: LogSettings = Field(default_factory=LogSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    limiter: LimiterSettings = Field(default_factory=LimiterSettings)
+    cors: CorsSettings = Field(default_factory=CorsSettings)
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

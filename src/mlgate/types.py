@@ -11,21 +11,30 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "NAME_PATTERN",
+    "AuthMode",
     "BatchingConfig",
     "BundledModel",
+    "Caller",
+    "InfoContext",
+    "InfoRoute",
     "Manifest",
     "ModelInfo",
     "Processor",
+    "RawInput",
     "RouteAdapter",
     "Service",
     "VersionInfo",
 ]
+
+#: Who may call a route: an API key, a user's bearer token, either, anyone; "default" defers
+#: to the server's setting (``MLGATE_AUTH__MODEL_ROUTES``).
+AuthMode = Literal["key", "user", "either", "public", "default"]
 
 #: Model and alias names: lowercase letters, digits, ``-`` and ``_``, 1-64 characters, starting with a letter.
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -98,6 +107,26 @@ class VersionInfo:
     location: str
 
 
+@dataclass(frozen=True, slots=True)
+class RawInput:
+    """A non-JSON request body (an image upload, a multipart file) handed to a processor."""
+
+    data: bytes
+    content_type: str
+    filename: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling, as the gateway authenticated it."""
+
+    kind: Literal["anonymous", "key", "user"]
+    id: str | None = None  # key id, or the user's username
+    username: str | None = None  # the user (a user's token, or the owner of a key)
+    role: str | None = None
+    claims: Mapping[str, Any] = field(default_factory=dict)
+
+
 class Processor(Protocol):
     """A model's own request/response shape, wrapped around a generic runtime.
 
@@ -126,6 +155,29 @@ class RouteAdapter:
     render_error: Callable[[int, str], tuple[int, Any]]
     method: str = "POST"
     summary: str = ""
+    auth: AuthMode = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class InfoContext:
+    """What an :class:`InfoRoute` may answer from: the caller and the served versions."""
+
+    caller: Caller
+    #: version the default alias of each of the service's models resolves to now
+    model_versions: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class InfoRoute:
+    """A non-predicting route an original deployment had (``GET /home``, ``GET /``)."""
+
+    path: str
+    respond: Callable[[InfoContext], tuple[int, Any]]
+    method: str = "GET"
+    summary: str = ""
+    auth: AuthMode = "default"
+    #: renders auth failures in the original envelope; None uses the gateway's
+    render_error: Callable[[int, str], tuple[int, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +189,8 @@ class BundledModel:
     manifest: Manifest
     description: str = ""
     aliases: tuple[str, ...] = ("production",)
+    #: register only these relative paths of ``artifact_dir`` (None: every file in it)
+    files: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,3 +201,4 @@ class Service:
     models: tuple[BundledModel, ...] = ()
     processors: Mapping[str, Processor] = field(default_factory=dict)
     routes: tuple[RouteAdapter, ...] = ()
+    info_routes: tuple[InfoRoute, ...] = ()

@@ -16,7 +16,20 @@ from mlgate.errors import Conflict, InvalidInput, ModelNotFound, NotFound, Versi
 from mlgate.repository import Repository
 from mlgate.types import Manifest
 
-TABLES = {"models", "model_versions", "aliases", "api_keys", "registry_state", "alembic_version"}
+TABLES = {
+    "models",
+    "model_versions",
+    "aliases",
+    "api_keys",
+    "registry_state",
+    "alembic_version",
+    "users",
+    "usage_plans",
+    "key_plans",
+    "usage_daily",
+    "limiter_buckets",
+    "limiter_counters",
+}
 
 
 def manifest(digest: str = "a", **kwargs: Any) -> Manifest:
@@ -331,7 +344,7 @@ def test_migration_is_idempotent(database_url: str) -> None:
     engine = create_engine_for(database_url)
     try:
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0001"]
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0002"]
             assert conn.execute(text("SELECT id, generation FROM registry_state")).all() == [(1, 0)]
     finally:
         engine.dispose()

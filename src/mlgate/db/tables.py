@@ -17,6 +17,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     ForeignKeyConstraint,
     Integer,
@@ -33,10 +34,16 @@ __all__ = [
     "UtcDateTime",
     "aliases",
     "api_keys",
+    "key_plans",
+    "limiter_buckets",
+    "limiter_counters",
     "metadata",
     "model_versions",
     "models",
     "registry_state",
+    "usage_daily",
+    "usage_plans",
+    "users",
     "utcnow",
 ]
 
@@ -115,6 +122,7 @@ api_keys = Table(
     Column("key_hash", String(128), nullable=False),
     Column("name", String(128), nullable=False),
     Column("role", String(16), nullable=False),
+    # username of the user who owns the key (None for keys created by an admin for services)
     Column("owner", String(128), nullable=True),
     Column("created_at", UtcDateTime, nullable=False, default=utcnow),
     Column("expires_at", UtcDateTime, nullable=True),
@@ -127,4 +135,74 @@ registry_state = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("generation", BigInteger, nullable=False, default=0),
     CheckConstraint("id = 1", name="singleton"),
+)
+
+
+# -- the gateway (0002) ------------------------------------------------------------------
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("email", String(255), nullable=True),
+    Column("first_name", String(128), nullable=True),
+    Column("last_name", String(128), nullable=True),
+    Column("password_hash", String(255), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False, server_default=false()),
+    Column("created_at", UtcDateTime, nullable=False, default=utcnow),
+)
+
+#: A usage plan as in API Gateway: token bucket (rate = refill/s, burst = capacity) and a quota.
+usage_plans = Table(
+    "usage_plans",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("description", Text, nullable=False, default=""),
+    Column("rate", Float, nullable=True),  # None: no throttling
+    Column("burst", Integer, nullable=True),
+    Column("quota_limit", BigInteger, nullable=True),  # None: no quota
+    Column("quota_period", String(8), nullable=True),  # DAY | WEEK | MONTH
+    Column("quota_offset", Integer, nullable=False, default=0),  # days into the period it resets
+    Column("created_at", UtcDateTime, nullable=False, default=utcnow),
+)
+
+#: Which plan governs a key, globally (scope "*") or for one model / route (scope = its name).
+key_plans = Table(
+    "key_plans",
+    metadata,
+    Column("key_id", String(32), ForeignKey("api_keys.id"), primary_key=True),
+    Column("scope", String(128), primary_key=True),
+    Column("plan", String(64), ForeignKey("usage_plans.name"), nullable=False),
+)
+
+#: Durable usage per key, UTC day and scope, flushed in batches (see access/usage.py).
+usage_daily = Table(
+    "usage_daily",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("day", String(10), primary_key=True),  # YYYY-MM-DD (UTC)
+    Column("scope", String(128), primary_key=True),
+    Column("requests", BigInteger, nullable=False, default=0),
+    Column("throttled", BigInteger, nullable=False, default=0),
+    Column("errors", BigInteger, nullable=False, default=0),
+)
+
+#: Token-bucket state for the database limiter storage (one row per bucket key).
+limiter_buckets = Table(
+    "limiter_buckets",
+    metadata,
+    Column("key", String(255), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),  # epoch seconds of the last refill
+)
+
+#: Fixed-window quota counters for the database limiter storage.
+limiter_counters = Table(
+    "limiter_counters",
+    metadata,
+    Column("key", String(255), primary_key=True),
+    Column("count", BigInteger, nullable=False),
+    Column("expires_at", Float, nullable=False),  # epoch seconds when the window ends
 )

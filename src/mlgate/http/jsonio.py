@@ -11,20 +11,9 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from mlgate.errors import InvalidInput
+from mlgate.payloads import parse_json
 
 __all__ = ["JSONResponse", "parse_json"]
-
-
-def parse_json(body: bytes) -> Any:
-    if not body:
-        raise InvalidInput("request body is empty; send a JSON document")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(
-            f"request body is not valid JSON (NaN, Infinity and out-of-range numbers are refused): {exc}"
-        ) from None
 
 
 class JSONResponse(Response):
