@@ -10,7 +10,8 @@ services may render their own historical envelope instead).
 
     MlgateError (500 internal)
     ├── InvalidInput (400 invalid_input)          bad payload, decoded before batching
-    │   └── PayloadTooLarge (413 payload_too_large)
+    │   ├── PayloadTooLarge (413 payload_too_large)
+    │   └── Unprocessable (422 unprocessable)      well-formed but refused (e.g. a 2 KB password)
     ├── Unauthorized (401 unauthorized)
     ├── Forbidden (403 forbidden)
     ├── NotFound (404 not_found)
@@ -18,6 +19,8 @@ services may render their own historical envelope instead).
     │   ├── VersionNotFound (404 version_not_found)
     │   └── ObjectNotFound (404 object_not_found)    no such key in the object store
     ├── Conflict (409 conflict)
+    ├── Throttled (429 throttled)                 token bucket empty; carries ``retry_after``
+    ├── QuotaExceeded (429 quota_exceeded)        plan quota used up; carries ``retry_after``
     ├── UnsafeArtifact (422 unsafe_artifact)       pickle without trust, hash mismatch on upload
     ├── ConfigurationError (500 configuration_error)
     ├── PredictionFailed (500 prediction_failed)   the model raised on an input that decoded fine
@@ -25,6 +28,7 @@ services may render their own historical envelope instead).
     │   └── IntegrityError (502 integrity_error)   sha256 mismatch after download
     ├── ModelLoadError (503 model_load_error)
     ├── Overloaded (503 overloaded)                queue full; carries ``retry_after`` seconds
+    ├── LimiterUnavailable (503 limiter_unavailable)  shared limiter state unreachable (fail closed)
     ├── NotReady (503 not_ready)
     └── PredictionTimeout (504 timeout)
 """
@@ -39,6 +43,7 @@ __all__ = [
     "Forbidden",
     "IntegrityError",
     "InvalidInput",
+    "LimiterUnavailable",
     "MlgateError",
     "ModelLoadError",
     "ModelNotFound",
@@ -49,8 +54,11 @@ __all__ = [
     "PayloadTooLarge",
     "PredictionFailed",
     "PredictionTimeout",
+    "QuotaExceeded",
     "StoreError",
+    "Throttled",
     "Unauthorized",
+    "Unprocessable",
     "UnsafeArtifact",
     "VersionNotFound",
 ]
@@ -86,6 +94,35 @@ class PayloadTooLarge(InvalidInput):
 
     status = 413
     code = "payload_too_large"
+
+
+class Unprocessable(InvalidInput):
+    """Well-formed but refused input (e.g. a password longer than the hasher accepts)."""
+
+    status = 422
+    code = "unprocessable"
+
+
+class _RetryAfter(MlgateError):
+    def __init__(
+        self, message: str, *, retry_after: float = 1.0, details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message, details=details)
+        self.retry_after = retry_after
+
+
+class Throttled(_RetryAfter):
+    """The caller's token bucket is empty; retry after ``retry_after`` seconds."""
+
+    status = 429
+    code = "throttled"
+
+
+class QuotaExceeded(_RetryAfter):
+    """The caller's plan quota for this period is used up; ``retry_after`` is when it resets."""
+
+    status = 429
+    code = "quota_exceeded"
 
 
 class Unauthorized(MlgateError):
@@ -182,17 +219,11 @@ class NotReady(MlgateError):
     code = "not_ready"
 
 
-class Overloaded(MlgateError):
+class Overloaded(_RetryAfter):
     """The model's queue is full; the client should retry after ``retry_after`` seconds."""
 
     status = 503
     code = "overloaded"
-
-    def __init__(
-        self, message: str, *, retry_after: float = 1.0, details: dict[str, Any] | None = None
-    ) -> None:
-        super().__init__(message, details=details)
-        self.retry_after = retry_after
 
 
 class PredictionTimeout(MlgateError):

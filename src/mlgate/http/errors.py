@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from mlgate.errors import MlgateError, Overloaded
+from mlgate.errors import MlgateError
 from mlgate.http.jsonio import JSONResponse
 
 __all__ = ["error_response", "install_error_handlers"]
@@ -19,8 +20,9 @@ log = logging.getLogger("mlgate.http")
 
 def error_response(exc: MlgateError) -> JSONResponse:
     headers = {}
-    if isinstance(exc, Overloaded):
-        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return JSONResponse({"error": exc.to_dict()}, status_code=exc.status, headers=headers)
 
 
