@@ -231,3 +231,10 @@ class PredictionTimeout(MlgateError):
 
     status = 504
     code = "timeout"
+
+
+class LimiterUnavailable(MlgateError):
+    """The shared limiter state (Redis, the database) is unreachable and the policy fails closed."""
+
+    status = 503
+    code = "limiter_unavailable"
