@@ -25,12 +25,16 @@ class ServerProcess:
     data_dir: Path
     process: subprocess.Popen[bytes]
     log_path: Path
+    #: a user-role API key created at startup (no plan attached): what model routes need
+    api_key: str = ""
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def client(self, **kwargs: object) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30.0, **kwargs)  # type: ignore[arg-type]
+    def client(self, *, key: bool = True, **kwargs: object) -> httpx.Client:
+        """An HTTP client; sends the test API key unless ``key=False``."""
+        headers = {"x-api-key": self.api_key} if key and self.api_key else {}
+        return httpx.Client(base_url=self.url, timeout=30.0, headers=headers, **kwargs)  # type: ignore[arg-type]
 
 
 @contextmanager
@@ -66,6 +70,11 @@ def run_server(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server not ready after {startup_timeout}s:\n{server.log()}")
             time.sleep(0.1)
+        created = httpx.post(
+            f"{server.url}/v1/keys", json={"name": "e2e"}, headers={"x-api-key": ADMIN_KEY}, timeout=10.0
+        )
+        if created.status_code == 201:
+            server.api_key = created.json()["key"]
         yield server
     finally:
         if proc.poll() is None:

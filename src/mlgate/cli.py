@@ -24,7 +24,11 @@ app = typer.Typer(
     help="mlgate: machine-learning models as secure, metered, monitored HTTP APIs.", no_args_is_help=True
 )
 models_app = typer.Typer(help="Models, versions and aliases.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys (shown once at creation).", no_args_is_help=True)
+plans_app = typer.Typer(help="Usage plans: rate, burst and quota.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(keys_app, name="keys")
+app.add_typer(plans_app, name="plans")
 console = Console()
 err = Console(stderr=True)
 
@@ -89,6 +93,15 @@ def serve(
     except ImportError:
         pass
     if settings.workers > 1:
+        if settings.limiter.url == "memory://":
+            # Per-process limiter state would multiply every plan by N: share it in the database.
+            export_environ({"limiter__url": "database"})
+            err.print(
+                "[yellow]--workers > 1: usage-plan state shared in the database (or set MLGATE_LIMITER__URL)"
+            )
+        from mlgate.http.app import bootstrap_once
+
+        bootstrap_once(load_settings())  # migrations, admin key, bundled models: once, not per worker
         uvicorn.run("mlgate.http.app:create_app_from_env", factory=True, workers=settings.workers, **options)
     else:
         from mlgate.http.app import create_app
@@ -215,6 +228,116 @@ def predict(
     route = f"/v1/models/{name}/versions/{version}/predict" if version else f"/v1/models/{name}/predict"
     with _client(url, api_key) as client:
         console.print_json(data=_check(client.post(route, json=payload)))
+
+
+def _print_keys(keys: list[dict[str, Any]]) -> None:
+    table = Table("id", "name", "role", "owner", "expires", "disabled")
+    for k in keys:
+        table.add_row(
+            k["id"], k["name"], k["role"], k["owner"] or "", k["expires_at"] or "", str(k["disabled"])
+        )
+    console.print(table)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="a label for the key")] = "key",
+    role: Annotated[str | None, typer.Option(help="user or admin (admins only)")] = None,
+    owner: Annotated[str | None, typer.Option(help="username owning the key (admins only)")] = None,
+    plan: Annotated[str | None, typer.Option(help="usage plan to attach (admins only)")] = None,
+    expires_at: Annotated[str | None, typer.Option(help="ISO 8601 expiry, e.g. 2027-01-01T00:00:00Z")] = None,
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Create a key; its secret is printed once."""
+    body = {"name": name, "role": role, "owner": owner, "plan": plan, "expires_at": expires_at}
+    with _client(url, api_key) as client:
+        created = _check(client.post("/v1/keys", json={k: v for k, v in body.items() if v is not None}))
+    console.print(f"[green]created[/green] key {created['id']} ({created['role']})")
+    console.print("Secret (shown once, store it now):")
+    print(created["key"])
+
+
+@keys_app.command("list")
+def keys_list(url: Url = "http://127.0.0.1:8000", api_key: ApiKeyOpt = None) -> None:
+    """List keys (yours, or all for an admin)."""
+    with _client(url, api_key) as client:
+        _print_keys(_check(client.get("/v1/keys"))["keys"])
+
+
+@keys_app.command("disable")
+def keys_disable(key_id: str, url: Url = "http://127.0.0.1:8000", api_key: ApiKeyOpt = None) -> None:
+    """Disable a key at once."""
+    with _client(url, api_key) as client:
+        _check(client.post(f"/v1/keys/{key_id}/disable"))
+    console.print(f"key {key_id} disabled")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: str,
+    grace_seconds: Annotated[int, typer.Option(help="keep the old secret working this long")] = 0,
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Replace a key's secret; the new one is printed once."""
+    with _client(url, api_key) as client:
+        new = _check(client.post(f"/v1/keys/{key_id}/rotate", params={"grace_seconds": grace_seconds}))
+    console.print(f"[green]rotated[/green] {key_id} -> {new['id']}; new secret (shown once):")
+    print(new["key"])
+
+
+@plans_app.command("create")
+def plans_create(
+    name: str,
+    rate: Annotated[float | None, typer.Option(help="steady requests per second")] = None,
+    burst: Annotated[int | None, typer.Option(help="bucket capacity")] = None,
+    quota: Annotated[int | None, typer.Option(help="requests per period")] = None,
+    period: Annotated[str | None, typer.Option(help="DAY, WEEK or MONTH")] = None,
+    offset: Annotated[int, typer.Option(help="days into the period the quota resets")] = 0,
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Create a usage plan (reference: --rate 10 --burst 10 --quota 1000 --period MONTH)."""
+    body: dict[str, Any] = {"name": name, "rate": rate, "burst": burst, "quota_limit": quota}
+    body.update(quota_period=period.upper() if period else None, quota_offset=offset)
+    with _client(url, api_key) as client:
+        plan = _check(client.post("/v1/plans", json={k: v for k, v in body.items() if v is not None}))
+    console.print_json(data=plan)
+
+
+@plans_app.command("attach")
+def plans_attach(
+    plan: str,
+    key_id: str,
+    scope: Annotated[str, typer.Option(help="'*' for every model, or one model name")] = "*",
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Attach a key to a plan."""
+    with _client(url, api_key) as client:
+        _check(client.put(f"/v1/plans/{plan}/keys/{key_id}", params={"scope": scope}))
+    console.print(f"key {key_id} -> plan {plan} (scope {scope})")
+
+
+@plans_app.command("usage")
+def plans_usage(
+    key_id: Annotated[str | None, typer.Option(help="one key (default: all you may see)")] = None,
+    since: Annotated[str | None, typer.Option(help="YYYY-MM-DD")] = None,
+    until: Annotated[str | None, typer.Option(help="YYYY-MM-DD")] = None,
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Usage per key, day and model."""
+    params = {k: v for k, v in {"key_id": key_id, "since": since, "until": until}.items() if v}
+    with _client(url, api_key) as client:
+        rows = _check(client.get("/v1/usage", params=params))["usage"]
+    table = Table("key", "day", "scope", "requests", "throttled", "errors")
+    for r in rows:
+        table.add_row(
+            r["key_id"], r["day"], r["scope"], str(r["requests"]), str(r["throttled"]), str(r["errors"])
+        )
+    console.print(table)
 
 
 def main() -> None:

@@ -158,7 +158,15 @@ class DataPlane:
         batcher.start()
         metrics.cold_starts.inc()
         metrics.load_seconds.set(elapsed)
-        return LoadedModel(info, runtime, batcher, metrics, elapsed, self.processors.get(info.model))
+        return LoadedModel(info, runtime, batcher, metrics, elapsed, self._processor_for(info))
+
+    def _processor_for(self, info: VersionInfo) -> Processor | None:
+        processor = self.processors.get(info.model)
+        bind = getattr(processor, "for_version", None)
+        if callable(bind):
+            bound: Processor = bind(info.manifest)
+            return bound
+        return processor
 
     def _load_runtime(self, info: VersionInfo) -> ModelRuntime:
         local = self.cache.fetch(info)

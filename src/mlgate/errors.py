@@ -104,11 +104,19 @@ class Unprocessable(InvalidInput):
 
 
 class _RetryAfter(MlgateError):
+    """Carries ``retry_after`` seconds and extra response ``headers`` (rate-limit state)."""
+
     def __init__(
-        self, message: str, *, retry_after: float = 1.0, details: dict[str, Any] | None = None
+        self,
+        message: str,
+        *,
+        retry_after: float = 1.0,
+        headers: dict[str, str] | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message, details=details)
         self.retry_after = retry_after
+        self.headers = headers or {}
 
 
 class Throttled(_RetryAfter):

@@ -37,7 +37,7 @@ __all__ = [
 AuthMode = Literal["key", "user", "either", "public", "default"]
 
 #: Model and alias names: lowercase letters, digits, ``-`` and ``_``, 1-64 characters, starting with a letter.
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}\Z")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -133,6 +133,10 @@ class Processor(Protocol):
     ``decode`` turns the JSON payload of ``/v1/models/{name}/predict`` into the runtime's
     input (raising :class:`mlgate.errors.InvalidInput`); ``encode`` turns the runtime's
     encoded output into the JSON the model's clients expect.
+
+    A processor may also define ``for_version(manifest) -> Processor``: the dataplane then
+    calls it once per loaded version, so a pushed version's own params (a threshold, the
+    class list) take effect without code changes.
     """
 
     def decode(self, payload: Any) -> Any: ...
@@ -156,6 +160,8 @@ class RouteAdapter:
     method: str = "POST"
     summary: str = ""
     auth: AuthMode = "default"
+    #: a larger body limit for this path (e.g. base64 images of up to 6 MB); None: the server's
+    max_body_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,6 +122,9 @@ def test_upload_validation(server: ServerProcess, tmp_path: Path) -> None:
         r = _push(client, "okname", _skops_model(tmp_path / "m2.skops", 1.0), manifest="{not json")
         assert r.status_code == 400
         r = client.post("/v1/models/okname/versions", files={"files": ("m.skops", b"x")})
+        assert r.status_code == 403  # a user key is not an admin key
+        with server.client(key=False) as anonymous:
+            r = anonymous.post("/v1/models/okname/versions", files={"files": ("m.skops", b"x")})
         assert r.status_code == 401
         bad = client.put("/v1/models/doubler/aliases/production", json={"version": 99}, headers=ADMIN)
         assert bad.status_code == 404

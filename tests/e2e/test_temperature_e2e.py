@@ -149,17 +149,18 @@ def test_body_limit_413(client: httpx.Client) -> None:
     assert r.json()["error"]["code"] == "payload_too_large"
 
 
-def test_admin_routes_never_open(client: httpx.Client) -> None:
-    r = client.put("/v1/models/temperatura/aliases/staging", json={"version": 1})
-    assert r.status_code == 401
-    r = client.put(
-        "/v1/models/temperatura/aliases/staging", json={"version": 1}, headers={"x-api-key": "mlg_nope"}
-    )
-    assert r.status_code == 403
-    ok = client.put(
-        "/v1/models/temperatura/aliases/staging", json={"version": 1}, headers={"x-api-key": ADMIN_KEY}
-    )
-    assert ok.status_code == 200
+def test_admin_routes_never_open(server: ServerProcess) -> None:
+    with server.client(key=False) as client:
+        r = client.put("/v1/models/temperatura/aliases/staging", json={"version": 1})
+        assert r.status_code == 401
+        r = client.put(
+            "/v1/models/temperatura/aliases/staging", json={"version": 1}, headers={"x-api-key": "mlg_nope"}
+        )
+        assert r.status_code == 403
+        ok = client.put(
+            "/v1/models/temperatura/aliases/staging", json={"version": 1}, headers={"x-api-key": ADMIN_KEY}
+        )
+        assert ok.status_code == 200
 
 
 def test_metrics_and_access_log(server: ServerProcess, client: httpx.Client) -> None:

@@ -2,27 +2,53 @@
 
 A key looks like ``mlg_<prefix>_<secret>``; the 8-hex ``prefix`` is its public id (shown
 in listings and logs), the secret has 256 bits of entropy, so a fast hash is enough
-(no password stretching needed for random keys).
+(no password stretching needed for random keys). Secrets are never logged or stored:
+:class:`NewKey` hides its secret from ``repr`` and the verification cache is keyed by
+the sha256 of the secret.
+
+Keys can be disabled, given an expiry, and rotated (a new key with the same name, role,
+owner and plan attachments; the old one disabled at once or after a grace period).
+
+Example::
+
+    keys = KeyStore(engine)
+    new = keys.create(name="ci", owner="alice")
+    print(new.secret)                      # the only time the secret is visible
+    keys.verify_cached(new.secret)         # the hot path: at most one DB read per ttl
+    rotated = keys.rotate(new.key.id, grace_seconds=3600)
 """
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
-from datetime import UTC, datetime
+import threading
+import time
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from mlgate.db.engine import write_tx
-from mlgate.db.tables import api_keys
-from mlgate.errors import InvalidInput
+from mlgate.db.tables import api_keys, key_plans
+from mlgate.errors import Conflict, InvalidInput, NotFound
 
-__all__ = ["ApiKey", "KeyStore", "NewKey", "hash_key"]
+__all__ = ["MAX_GRACE_SECONDS", "ROLES", "ApiKey", "KeyStore", "NewKey", "hash_key"]
 
 ROLES = ("admin", "user")
+#: Longest grace period :meth:`KeyStore.rotate` accepts (30 days).
+MAX_GRACE_SECONDS = 30 * 24 * 3600
+#: Entries of the in-process verification cache (least recently fetched evicted first).
+_CACHE_MAX = 4096
+_NAME_MAX = 128
+_OWNER_MAX = 64  # users.username
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,13 +61,17 @@ class ApiKey:
     expires_at: datetime | None
     disabled: bool
 
+    def active_at(self, moment: datetime) -> bool:
+        """Whether the key is usable at ``moment`` (not disabled, not expired)."""
+        return not self.disabled and (self.expires_at is None or self.expires_at > moment)
+
 
 @dataclass(frozen=True, slots=True)
 class NewKey:
-    """A freshly created key: ``secret`` is shown once and never stored."""
+    """A freshly created key: ``secret`` is shown once and never stored (nor in ``repr``)."""
 
     key: ApiKey
-    secret: str
+    secret: str = field(repr=False)
 
 
 def hash_key(secret: str) -> str:
@@ -55,11 +85,39 @@ def _parse(secret: str) -> str | None:
     return parts[1]
 
 
-class KeyStore:
-    """Keys in the registry database."""
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
-    def __init__(self, engine: Engine) -> None:
+
+@dataclass(slots=True)
+class _CacheEntry:
+    key: ApiKey
+    fetched: float  # monotonic seconds
+
+
+class KeyStore:
+    """Keys in the registry database, with a small in-process cache for the hot path.
+
+    ``clock`` (aware UTC ``datetime``) decides expiry; ``monotonic`` times the cache. Both
+    are injectable for tests.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._engine = engine
+        self._clock = clock
+        self._monotonic = monotonic
+        self._cache: OrderedDict[str, _CacheEntry] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        # Bumped by every invalidation so a lookup that raced a write does not cache stale state.
+        self._generation = 0
+
+    # -- creation -------------------------------------------------------------------------
 
     def create(
         self,
@@ -72,8 +130,14 @@ class KeyStore:
         """Create a random key; its secret is in the result and nowhere else."""
         if role not in ROLES:
             raise InvalidInput(f"role must be one of {', '.join(ROLES)}")
+        _check_text(name, "key name", _NAME_MAX)
+        if owner is not None:
+            _check_text(owner, "owner", _OWNER_MAX)
+        _check_aware(expires_at)
         with write_tx(self._engine) as conn:
-            return _insert(conn, None, name=name, role=role, owner=owner, expires_at=expires_at)
+            return _insert(
+                conn, None, name=name, role=role, owner=owner, expires_at=expires_at, now=self._clock()
+            )
 
     def ensure_admin(self, *, configured: str | None) -> NewKey | None:
         """Create the bootstrap admin key on first start; return it only when newly created.
@@ -89,12 +153,149 @@ class KeyStore:
             if conn.execute(sa.select(api_keys.c.id).where(where)).first() is not None:
                 return None
             return _insert(
-                conn, configured, name="bootstrap-admin", role="admin", owner=None, expires_at=None
+                conn,
+                configured,
+                name="bootstrap-admin",
+                role="admin",
+                owner=None,
+                expires_at=None,
+                now=self._clock(),
             )
+
+    # -- reading --------------------------------------------------------------------------
+
+    def list(self, *, owner: str | None = None) -> builtins.list[ApiKey]:
+        """Every key (``owner`` None) or the keys of one owner, oldest first."""
+        query = sa.select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
+        if owner is not None:
+            query = query.where(api_keys.c.owner == owner)
+        with self._engine.connect() as conn:
+            return [_from_row(row) for row in conn.execute(query)]
+
+    def get(self, key_id: str) -> ApiKey:
+        """The key with id ``key_id`` (active or not); :class:`NotFound` if none."""
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).first()
+        if row is None:
+            raise NotFound(f"no API key with id {key_id!r}", details={"key_id": key_id})
+        return _from_row(row)
 
     def verify(self, secret: str) -> ApiKey | None:
         """The active key matching ``secret``, or None (unknown, disabled, expired)."""
+        key = self._lookup(secret, hash_key(secret))
+        return key if key is not None and key.active_at(self._clock()) else None
+
+    def verify_cached(self, secret: str, *, ttl: float = 5.0) -> ApiKey | None:
+        """:meth:`verify` with the key's row cached in this process for ``ttl`` seconds.
+
+        Keyed by the sha256 of the secret (the secret itself is never kept). Expiry is
+        checked on every call against the clock, so an expiry is exact; a disable, a new
+        expiry or a rotation made through *this* store takes effect at once, while one
+        made by another process is seen here within ``ttl`` seconds. Unknown secrets are
+        not cached (random guesses must not fill memory). ``ttl <= 0`` disables the cache.
+        """
+        if ttl <= 0:
+            return self.verify(secret)
         digest = hash_key(secret)
+        now = self._monotonic()
+        with self._cache_lock:
+            entry = self._cache.get(digest)
+            generation = self._generation
+        if entry is not None and now - entry.fetched < ttl:
+            key: ApiKey | None = entry.key
+        else:
+            key = self._lookup(secret, digest)
+            if key is not None:
+                with self._cache_lock:
+                    if generation == self._generation:
+                        self._cache[digest] = _CacheEntry(key, now)
+                        self._cache.move_to_end(digest)
+                        while len(self._cache) > _CACHE_MAX:
+                            self._cache.popitem(last=False)
+        return key if key is not None and key.active_at(self._clock()) else None
+
+    # -- changes --------------------------------------------------------------------------
+
+    def set_disabled(self, key_id: str, disabled: bool) -> ApiKey:
+        """Disable (or re-enable) a key; this process refuses it at once."""
+        return self._update(key_id, disabled=bool(disabled))
+
+    def set_expiry(self, key_id: str, expires_at: datetime | None) -> ApiKey:
+        """Set (or clear, with None) when a key stops working; a timezone-aware moment."""
+        _check_aware(expires_at)
+        return self._update(key_id, expires_at=expires_at)
+
+    def rotate(self, key_id: str, *, grace_seconds: int = 0) -> NewKey:
+        """Replace a key by a new secret with a new id; the old key stops working.
+
+        The new key keeps the old one's name, role, owner, expiry and plan attachments.
+        With ``grace_seconds == 0`` the old key is disabled at once; otherwise it expires
+        ``grace_seconds`` from now (never later than it would have anyway). A disabled or
+        expired key cannot be rotated (:class:`Conflict`): re-enable it first, so rotation
+        never revives a key an admin turned off.
+        """
+        if isinstance(grace_seconds, bool) or not isinstance(grace_seconds, int):
+            raise InvalidInput("grace_seconds must be an integer")
+        if not 0 <= grace_seconds <= MAX_GRACE_SECONDS:
+            raise InvalidInput(f"grace_seconds must be between 0 and {MAX_GRACE_SECONDS}")
+        with write_tx(self._engine) as conn:
+            row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id).with_for_update()).first()
+            if row is None:
+                raise NotFound(f"no API key with id {key_id!r}", details={"key_id": key_id})
+            old = _from_row(row)
+            now = self._clock()
+            if not old.active_at(now):
+                raise Conflict(
+                    f"API key {key_id!r} is disabled or expired; enable it before rotating",
+                    details={"key_id": key_id},
+                )
+            new = _insert(
+                conn,
+                None,
+                name=old.name,
+                role=old.role,
+                owner=old.owner,
+                expires_at=old.expires_at,
+                now=now,
+            )
+            attached = conn.execute(
+                sa.select(key_plans.c.scope, key_plans.c.plan).where(key_plans.c.key_id == key_id)
+            ).all()
+            if attached:
+                conn.execute(
+                    key_plans.insert(),
+                    [{"key_id": new.key.id, "scope": a.scope, "plan": a.plan} for a in attached],
+                )
+            if grace_seconds == 0:
+                values: dict[str, object] = {"disabled": True}
+            else:
+                until = now + timedelta(seconds=grace_seconds)
+                if old.expires_at is not None:
+                    until = min(until, old.expires_at)
+                values = {"expires_at": until}
+            conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(**values))
+        self._invalidate(key_id)
+        return new
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _update(self, key_id: str, **values: object) -> ApiKey:
+        with write_tx(self._engine) as conn:
+            result = conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(**values))
+            if result.rowcount == 0:
+                raise NotFound(f"no API key with id {key_id!r}", details={"key_id": key_id})
+            row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).one()
+        self._invalidate(key_id)
+        return _from_row(row)
+
+    def _invalidate(self, key_id: str) -> None:
+        with self._cache_lock:
+            self._generation += 1
+            for digest in [d for d, e in self._cache.items() if e.key.id == key_id]:
+                del self._cache[digest]
+
+    def _lookup(self, secret: str, digest: str) -> ApiKey | None:
+        """The key row matching ``secret`` whatever its state, or None if unknown."""
         prefix = _parse(secret)
         query = sa.select(api_keys)
         query = (
@@ -104,12 +305,26 @@ class KeyStore:
             row = conn.execute(query).first()
         if row is None or not hmac.compare_digest(row.key_hash, digest):
             return None
-        expires = row.expires_at
-        if expires is not None and expires.tzinfo is None:
-            expires = expires.replace(tzinfo=UTC)
-        if row.disabled or (expires is not None and expires <= datetime.now(UTC)):
-            return None
-        return ApiKey(row.id, row.name, row.role, row.owner, row.created_at, expires, row.disabled)
+        return _from_row(row)
+
+
+def _from_row(row: sa.Row[Any]) -> ApiKey:
+    expires = row.expires_at
+    if expires is not None and expires.tzinfo is None:
+        expires = expires.replace(tzinfo=UTC)
+    return ApiKey(row.id, row.name, row.role, row.owner, row.created_at, expires, bool(row.disabled))
+
+
+def _check_text(value: object, what: str, max_len: int) -> None:
+    if not isinstance(value, str) or not 1 <= len(value) <= max_len:
+        raise InvalidInput(f"{what} must be a string of 1 to {max_len} characters")
+    if value != value.strip() or any(unicodedata.category(ch).startswith("C") for ch in value):
+        raise InvalidInput(f"{what} must not contain control characters or surrounding spaces")
+
+
+def _check_aware(moment: datetime | None) -> None:
+    if moment is not None and (not isinstance(moment, datetime) or moment.utcoffset() is None):
+        raise InvalidInput("expires_at must be a timezone-aware datetime")
 
 
 def _insert(
@@ -120,10 +335,17 @@ def _insert(
     role: str,
     owner: str | None,
     expires_at: datetime | None,
+    now: datetime,
 ) -> NewKey:
-    prefix = (_parse(secret) if secret else None) or secrets.token_hex(4)
+    prefix = _parse(secret) if secret else None
+    if prefix is None:
+        prefix = secrets.token_hex(4)
+        # 32-bit ids: with many keys a collision is possible, so pick another rather than fail.
+        while conn.execute(sa.select(api_keys.c.id).where(api_keys.c.id == prefix)).first() is not None:
+            prefix = secrets.token_hex(4)
     secret = secret or f"mlg_{prefix}_{secrets.token_urlsafe(32)}"
-    now = datetime.now(UTC)
+    if expires_at is not None:
+        expires_at = expires_at.astimezone(UTC)
     conn.execute(
         api_keys.insert().values(
             id=prefix,

@@ -8,6 +8,7 @@ versions; ``/readyz`` answers 200 only after that.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import sys
@@ -17,9 +18,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from mlgate import __version__
+from mlgate.access.gate import Gate
 from mlgate.access.keys import KeyStore
+from mlgate.access.limiter import LimiterStorage, open_limiter_storage
+from mlgate.access.plans import PlanStore
+from mlgate.access.tokens import TokenIssuer, check_secret, load_or_create_secret
+from mlgate.access.usage import UsageRecorder
+from mlgate.access.users import UserStore
 from mlgate.cache import ArtifactCache
 from mlgate.dataplane import DataPlane
 from mlgate.http.errors import install_error_handlers
@@ -53,6 +61,11 @@ class Server:
     dataplane: DataPlane
     registrar: Registrar
     keys: KeyStore
+    users: UserStore
+    plans: PlanStore
+    limiter: LimiterStorage
+    usage: UsageRecorder
+    gate: Gate
     services: list[Service] = field(default_factory=list)
     admin_key_created: str | None = None
 
@@ -66,6 +79,22 @@ class Server:
         store = open_store(settings.store_url, s3=settings.s3)
         cache = ArtifactCache(settings.cache_dir, store=store, s3=settings.s3)
         processors = {name: p for s in services for name, p in s.processors.items()}
+        keys = KeyStore(repository.engine)
+        users = UserStore(repository.engine)
+        plans = PlanStore(repository.engine, default_plan=settings.limiter.default_plan)
+        limiter = open_limiter_storage(
+            settings.limiter.url, engine=repository.engine, redis_down=settings.limiter.redis_down
+        )
+        usage = UsageRecorder(repository.engine, flush_interval=settings.limiter.usage_flush_s)
+        gate = Gate(
+            settings=settings.auth,
+            keys=keys,
+            plans=plans,
+            limiter=limiter,
+            usage=usage,
+            users=users,
+            tokens=TokenIssuer(_jwt_secret(settings), minutes=settings.auth.token_minutes),
+        )
         dataplane = DataPlane(
             settings=settings, repository=repository, cache=cache, metrics=metrics, processors=processors
         )
@@ -78,7 +107,12 @@ class Server:
             access_log=access_log,
             dataplane=dataplane,
             registrar=Registrar(repository=repository, store=store, settings=settings),
-            keys=KeyStore(repository.engine),
+            keys=keys,
+            users=users,
+            plans=plans,
+            limiter=limiter,
+            usage=usage,
+            gate=gate,
             services=services,
         )
 
@@ -101,6 +135,16 @@ class Server:
             self.registrar.register_uri(name, uri)
 
 
+def _jwt_secret(settings: Settings) -> str:
+    """The configured secret, or one generated once into the data directory; weak ones refused."""
+    if settings.auth.jwt_secret is not None:
+        secret = settings.auth.jwt_secret.get_secret_value()
+    else:
+        secret = load_or_create_secret(settings.data_dir / "jwt.secret")
+    check_secret(secret, dev_mode=settings.dev_mode)
+    return secret
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ASGI app. Example: ``uvicorn.run(create_app(Settings(port=9000)))``."""
     settings = settings or load_settings()
@@ -118,13 +162,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.server = server
         access_log.start()
         await asyncio.to_thread(server.bootstrap)
+        usage_task = asyncio.get_running_loop().create_task(server.usage.run(), name="mlgate-usage")
         await server.dataplane.start()
         metrics.startup_seconds.set(time.time() - _PROCESS_STARTED)
         log.info("mlgate ready on %s:%s", settings.host, settings.port)
         try:
             yield
         finally:
+            server.dataplane.ready = False
             await server.dataplane.stop()
+            usage_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await usage_task
+            await asyncio.to_thread(server.usage.close)
+            await server.limiter.close()
             access_log.stop()
             server.repository.close()
 
@@ -136,18 +187,69 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_response_class=JSONResponse,
     )
     install_error_handlers(app)
-    from mlgate.http import routes_admin, routes_models, routes_ops, routes_services, routes_v2
+    from mlgate.http import (
+        routes_access,
+        routes_admin,
+        routes_auth,
+        routes_models,
+        routes_ops,
+        routes_services,
+        routes_v2,
+    )
 
     app.include_router(routes_ops.router)
     app.include_router(routes_models.router)
     app.include_router(routes_v2.router)
     app.include_router(routes_admin.router)
+    app.include_router(routes_auth.router)
+    app.include_router(routes_access.router)
     for service in services:
         routes_services.mount(app, service)
+    if settings.cors.origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors.origins,
+            allow_credentials=settings.cors.allow_credentials,
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=["authorization", "content-type", "x-api-key", "x-request-id"],
+            expose_headers=[
+                "x-request-id",
+                "retry-after",
+                "x-ratelimit-limit",
+                "x-ratelimit-remaining",
+                "x-quota-limit",
+                "x-quota-remaining",
+                "x-quota-reset",
+            ],
+        )
+    path_limits = {
+        r.path: max(r.max_body_bytes, settings.max_body_bytes)
+        for s in services
+        for r in s.routes
+        if r.max_body_bytes is not None
+    }
     app.add_middleware(
-        EdgeMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics, access_log=access_log
+        EdgeMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        metrics=metrics,
+        access_log=access_log,
+        path_limits=path_limits,
     )
     return app
+
+
+def bootstrap_once(settings: Settings) -> None:
+    """Run startup registration in the parent before forking workers, so they don't race it."""
+    server = Server.build(
+        settings,
+        metrics=Metrics(),
+        access_log=AccessLog(settings.log),
+        services=discover_services(settings.services),
+    )
+    try:
+        server.bootstrap()
+    finally:
+        server.repository.close()
 
 
 def create_app_from_env() -> FastAPI:

@@ -7,12 +7,14 @@ from typing import Any
 
 from fastapi import Request
 
-from mlgate.access.keys import ApiKey
+from mlgate.access.tokens import authenticate_token
 from mlgate.errors import Forbidden, InvalidInput, Unauthorized
 from mlgate.http.app import Server
-from mlgate.http.jsonio import parse_json
+from mlgate.http.gateway import bearer_token
+from mlgate.payloads import parse_json
+from mlgate.types import Caller
 
-__all__ = ["json_body", "require_admin", "server_of", "version_ref"]
+__all__ = ["caller_of", "json_body", "require_admin", "require_caller", "server_of", "version_ref"]
 
 
 def server_of(request: Request) -> Server:
@@ -24,25 +26,49 @@ async def json_body(request: Request) -> Any:
     return parse_json(await request.body())
 
 
-def _credential(request: Request) -> str | None:
-    key = request.headers.get("x-api-key")
-    if key:
-        return key
-    auth = request.headers.get("authorization", "")
-    scheme, _, token = auth.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+async def caller_of(request: Request) -> Caller | None:
+    """The authenticated caller (no metering), None when no credentials were sent.
+
+    A key in ``x-api-key`` or a bearer token: an admin key, a user's key, or a user's JWT.
+    Bad credentials are refused, never silently treated as anonymous.
+    """
+    server = server_of(request)
+    secret = request.headers.get("x-api-key")
+    bearer = bearer_token(request)
+    if secret:
+        key = server.keys.verify_cached(secret)
+        if key is None:
+            raise Forbidden("Forbidden")
+        request.state.key_id = key.id
+        return Caller(kind="key", id=key.id, username=key.owner, role=key.role)
+    if bearer:
+        # A bootstrap/admin key may also arrive as "Authorization: Bearer <key>".
+        if bearer.startswith("mlg_"):
+            key = server.keys.verify_cached(bearer)
+            if key is None:
+                raise Forbidden("Forbidden")
+            request.state.key_id = key.id
+            return Caller(kind="key", id=key.id, username=key.owner, role=key.role)
+        user = await asyncio.to_thread(authenticate_token, server.gate.tokens, server.users, bearer)
+        return Caller(kind="user", id=user.username, username=user.username, role=user.role)
+    return None
 
 
-async def require_admin(request: Request) -> ApiKey:
-    """Admin routes are never open: an admin key in ``x-api-key`` (or a Bearer header)."""
-    secret = _credential(request)
-    if secret is None:
-        raise Unauthorized("admin routes need an admin key in the x-api-key header")
-    key = await asyncio.to_thread(server_of(request).keys.verify, secret)
-    if key is None or key.role != "admin":
+async def require_caller(request: Request) -> Caller:
+    caller = await caller_of(request)
+    if caller is None:
+        raise Unauthorized("send an API key (x-api-key) or a bearer token")
+    return caller
+
+
+async def require_admin(request: Request) -> Caller:
+    """Admin routes are never open: an admin key, or an admin user's bearer token."""
+    caller = await caller_of(request)
+    if caller is None:
+        raise Unauthorized("admin routes need an admin key in the x-api-key header or an admin token")
+    if caller.role != "admin":
         raise Forbidden("Forbidden")
-    request.state.key_id = key.id
-    return key
+    return caller
 
 
 def version_ref(raw: str | None) -> str | int | None:

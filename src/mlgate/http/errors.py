@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from mlgate.errors import MlgateError
+from mlgate.http.gateway import GatewayRejected
 from mlgate.http.jsonio import JSONResponse
 
 __all__ = ["error_response", "install_error_handlers"]
@@ -58,6 +59,11 @@ def install_error_handlers(app: FastAPI) -> None:
             {"error": {"code": "internal", "message": "internal server error"}}, status_code=500
         )
 
+    async def on_rejected(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayRejected)
+        return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
+
+    app.add_exception_handler(GatewayRejected, on_rejected)
     app.add_exception_handler(MlgateError, on_mlgate)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(HTTPException, on_http)

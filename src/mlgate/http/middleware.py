@@ -25,9 +25,18 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class EdgeMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics, access_log: AccessLog) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        metrics: Metrics,
+        access_log: AccessLog,
+        path_limits: dict[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.path_limits = path_limits or {}
         self.metrics = metrics
         self.access_log = access_log
 
@@ -40,7 +49,7 @@ class EdgeMiddleware:
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500
-        limit = self.max_body_bytes
+        limit = self.path_limits.get(scope["path"], self.max_body_bytes)
         received = 0
 
         async def send_wrapper(message: Message) -> None:
@@ -49,6 +58,8 @@ class EdgeMiddleware:
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
+                for name, value in (state.get("rate_headers") or {}).items():
+                    headers.append((name.lower().encode(), value.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -64,11 +75,16 @@ class EdgeMiddleware:
 
         try:
             if _content_length(scope) > limit:
-                await self._send_413(send_wrapper)
+                await self._send_413(send_wrapper, limit)
             else:
                 await self.app(scope, receive_wrapper, send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
+            admission = state.get("admission")
+            if admission is not None:
+                # Durable usage, batched by the recorder: no I/O here.
+                outcome = "ok" if status < 400 else "error"
+                scope["app"].state.server.gate.record(admission, outcome=outcome)
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
             self.metrics.http_requests.labels(template, scope["method"], str(status)).inc()
@@ -87,14 +103,9 @@ class EdgeMiddleware:
                 )
             )
 
-    async def _send_413(self, send: Send) -> None:
+    async def _send_413(self, send: Send, limit: int) -> None:
         body = orjson.dumps(
-            {
-                "error": {
-                    "code": "payload_too_large",
-                    "message": f"request body exceeds {self.max_body_bytes} bytes",
-                }
-            }
+            {"error": {"code": "payload_too_large", "message": f"request body exceeds {limit} bytes"}}
         )
         await send(
             {

@@ -13,14 +13,13 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from mlgate.access.keys import ApiKey
 from mlgate.errors import ConfigurationError, InvalidInput
 from mlgate.http.deps import json_body, require_admin, server_of
 from mlgate.http.jsonio import JSONResponse
 from mlgate.http.routes_models import version_json
 from mlgate.registration import runtime_for_suffix
 from mlgate.store import validate_key
-from mlgate.types import NAME_PATTERN, Manifest
+from mlgate.types import NAME_PATTERN, Caller, Manifest
 
 router = APIRouter(prefix="/v1/models", tags=["admin"])
 
@@ -73,7 +72,7 @@ def _manifest(raw: Any, files: list[str]) -> Manifest:
 
 
 @router.post("/{name}/versions", status_code=201, summary="Upload a new version", openapi_extra=_UPLOAD_BODY)
-async def upload_version(name: str, request: Request, _: ApiKey = Depends(require_admin)) -> JSONResponse:
+async def upload_version(name: str, request: Request, _: Caller = Depends(require_admin)) -> JSONResponse:
     if not NAME_PATTERN.match(name):
         raise InvalidInput(
             "model names are lowercase letters, digits, '-' and '_' (1-64, starting with a letter)"
@@ -109,7 +108,7 @@ async def upload_version(name: str, request: Request, _: ApiKey = Depends(requir
 
 @router.put("/{name}/aliases/{alias}", summary="Point an alias at a version (promote / roll back)")
 async def set_alias(
-    name: str, alias: str, request: Request, _: ApiKey = Depends(require_admin)
+    name: str, alias: str, request: Request, _: Caller = Depends(require_admin)
 ) -> JSONResponse:
     body = await json_body(request)
     version = body.get("version") if isinstance(body, dict) else None
@@ -126,7 +125,7 @@ async def set_alias(
 
 @router.delete("/{name}/aliases/{alias}", summary="Remove an alias")
 async def delete_alias(
-    name: str, alias: str, request: Request, _: ApiKey = Depends(require_admin)
+    name: str, alias: str, request: Request, _: Caller = Depends(require_admin)
 ) -> JSONResponse:
     server = server_of(request)
     await asyncio.to_thread(server.repository.delete_alias, name, alias)

@@ -9,7 +9,9 @@ from fastapi import APIRouter, Request
 
 from mlgate.errors import InvalidInput, MlgateError
 from mlgate.http.deps import json_body, server_of, version_ref
+from mlgate.http.gateway import admit, authenticate
 from mlgate.http.jsonio import JSONResponse
+from mlgate.payloads import read_body
 from mlgate.types import ModelInfo, VersionInfo
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -67,6 +69,7 @@ def version_json(info: VersionInfo, aliases: list[str]) -> dict[str, Any]:
 
 @router.get("", summary="List models with their aliases and loaded versions")
 async def list_models(request: Request) -> JSONResponse:
+    await authenticate(request)
     server = server_of(request)
     models = await asyncio.to_thread(server.repository.list_models)
     loaded: dict[str, list[int]] = {}
@@ -77,6 +80,7 @@ async def list_models(request: Request) -> JSONResponse:
 
 @router.get("/{name}", summary="Describe a model and every version's manifest")
 async def get_model(name: str, request: Request) -> JSONResponse:
+    await authenticate(request, model=name)
     server = server_of(request)
     model = await asyncio.to_thread(server.repository.get_model, name)
     versions = await asyncio.to_thread(server.repository.list_versions, name)
@@ -90,7 +94,8 @@ async def get_model(name: str, request: Request) -> JSONResponse:
 
 
 async def _predict(request: Request, name: str, ref: str | int | None) -> JSONResponse:
-    payload = await json_body(request)
+    payload = read_body(await request.body(), request.headers.get("content-type", ""))
+    await admit(request, model=name)
     prediction = await server_of(request).dataplane.predict(name, payload, version=ref)
     request.state.model = prediction.model
     request.state.version = str(prediction.version)
@@ -106,6 +111,7 @@ async def _batch(request: Request, name: str, ref: str | int | None) -> JSONResp
         raise InvalidInput('a batch is {"inputs": [input, input, ...]} with at least one input')
     if len(inputs) > MAX_BATCH_ITEMS:
         raise InvalidInput(f"a batch holds at most {MAX_BATCH_ITEMS} inputs")
+    await admit(request, model=name, cost=len(inputs))
     info, results = await server_of(request).dataplane.predict_many(name, inputs, version=ref)
     request.state.model = info.model
     request.state.version = str(info.version)

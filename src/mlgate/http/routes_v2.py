@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from mlgate import __version__
 from mlgate.errors import InvalidInput
 from mlgate.http.deps import json_body, server_of, version_ref
+from mlgate.http.gateway import admit, authenticate
 from mlgate.http.jsonio import JSONResponse
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
@@ -124,6 +125,7 @@ async def server_metadata() -> JSONResponse:
 
 
 async def _metadata(request: Request, name: str, ref: str | int | None) -> JSONResponse:
+    await authenticate(request, model=name)
     dataplane = server_of(request).dataplane
     info = await dataplane.resolve(name, ref)
     loaded = await dataplane.ensure_loaded(info)
@@ -140,6 +142,7 @@ async def _metadata(request: Request, name: str, ref: str | int | None) -> JSONR
 
 
 async def _ready(request: Request, name: str, ref: str | int | None) -> JSONResponse:
+    await authenticate(request, model=name)
     dataplane = server_of(request).dataplane
     info = await dataplane.resolve(name, ref)
     ok = dataplane.is_loaded(info.model, info.version)
@@ -151,6 +154,8 @@ async def _infer(request: Request, name: str, ref: str | int | None) -> JSONResp
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
         raise InvalidInput('an inference request is {"inputs": [{name, shape, datatype, data}, ...]}')
     tensors = dict(_tensor(spec) for spec in body["inputs"])
+    rows = next(iter(tensors.values())).shape[0] if next(iter(tensors.values())).ndim else 1
+    await admit(request, model=name, cost=max(1, int(rows)))
     info, outputs = await server_of(request).dataplane.infer_tensors(name, tensors, version=ref)
     request.state.model = info.model
     request.state.version = str(info.version)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from mlgate.errors import ConfigurationError
 from mlgate.runtimes.base import LoadContext, ModelRuntime
+from mlgate.runtimes.keras import KerasRuntime
 from mlgate.runtimes.onnx import OnnxRuntime
 from mlgate.runtimes.opencv_dnn import OpenCvDnnRuntime
 from mlgate.runtimes.python import PythonRuntime
 from mlgate.runtimes.sklearn import SklearnRuntime
 from mlgate.runtimes.tflite import TfliteRuntime
+from mlgate.runtimes.yolo import YoloRuntime
 
 __all__ = [
     "RUNTIMES",
@@ -36,6 +38,8 @@ RUNTIMES: dict[str, type[ModelRuntime]] = {
     "opencv-dnn": OpenCvDnnRuntime,
     "tflite": TfliteRuntime,
     "python": PythonRuntime,
+    "keras": KerasRuntime,
+    "yolo": YoloRuntime,
 }
 
 

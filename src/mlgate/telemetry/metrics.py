@@ -98,6 +98,12 @@ class Metrics:
         self.queue_depth = Gauge(
             "mlgate_model_queue_depth", "requests waiting for a batch", labels, registry=r
         )
+        self.gateway_rejections = Counter(
+            "mlgate_gateway_rejections",
+            "calls refused by the gateway (auth, throttle, quota)",
+            ("reason",),
+            registry=r,
+        )
         self.startup_seconds = Gauge(
             "mlgate_server_startup_seconds", "process start to ready (cold start)", registry=r
         )

@@ -1,0 +1,1 @@
+"""The intruder-detection reference service ``intrusos``: COCO detector, processor, ``POST /prodfaces``."""

@@ -1,0 +1,1 @@
+"""Vehicle classifier (``vehiculos``): an image → ``inferences = [p_bicycle, p_motorcycle]``."""
