@@ -16,7 +16,9 @@ def _ssd_output(score: float, class_id: int) -> dict[str, object]:
 def test_for_version_uses_the_manifest_params() -> None:
     base = IntruderProcessor()
     strict = base.for_version(
-        Manifest(runtime="opencv-dnn", artifact="m.pb", params={"threshold": 0.9, "intruder_classes": ["car"]})
+        Manifest(
+            runtime="opencv-dnn", artifact="m.pb", params={"threshold": 0.9, "intruder_classes": ["car"]}
+        )
     )
     out = _ssd_output(0.7, 1)  # a person at 0.7
     assert base.encode(out)["intruso_detectado"] is True
