@@ -26,6 +26,7 @@ __all__ = [
     "LogSettings",
     "S3Settings",
     "Settings",
+    "apply_process_environment",
     "export_environ",
     "load_settings",
 ]
@@ -121,6 +122,19 @@ class Settings(BaseSettings):
     s3: S3Settings = Field(default_factory=S3Settings)
 
     max_body_bytes: int = Field(default=6 * 1024 * 1024, ge=1024, description="larger bodies get 413")
+    max_inflight: int = Field(
+        default=64,
+        ge=0,
+        description="requests served at once per process; beyond it 503 + Retry-After at once instead "
+        "of a growing queue (0 = no limit; health, readiness and metrics are never refused)",
+    )
+    shutdown_delay_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=300,
+        description="on SIGTERM, readiness answers 503 this long before the listener closes (so load "
+        "balancers stop sending first); in-flight requests then finish (up to 30 s)",
+    )
     default_timeout_s: float = Field(default=60.0, gt=0, description="per-model timeout when not in manifest")
     alias_ttl_s: float = Field(default=1.0, ge=0, description="how long a resolved alias is cached")
     load_on_start: bool = Field(default=True, description="load every aliased version at startup")
@@ -146,6 +160,11 @@ class Settings(BaseSettings):
         default=None, description="enabled reference services by name (default: every installed one)"
     )
 
+    keras_backend: str = Field(
+        default="torch",
+        description="KERAS_BACKEND for the keras runtime (the 'keras' extra ships torch); an explicit "
+        "KERAS_BACKEND in the environment wins",
+    )
     admin_key: str | None = Field(
         default=None,
         description="bootstrap admin key to install (hashed) instead of generating one on first start",
@@ -183,6 +202,11 @@ class Settings(BaseSettings):
 def load_settings(**overrides: Any) -> Settings:
     """Read settings from the environment, with explicit overrides taking precedence."""
     return Settings(**overrides)
+
+
+def apply_process_environment(settings: Settings) -> None:
+    """Set process-wide variables third-party libraries read at import (Keras' backend)."""
+    os.environ.setdefault("KERAS_BACKEND", settings.keras_backend)
 
 
 def export_environ(values: dict[str, str]) -> None:

@@ -21,10 +21,9 @@ PATIENTS = generator.generate(12, seed=2024, first_id=1_408_826)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    # Model routes default to API keys; this suite is about the cardiaco contract, so the native
-    # route is public here. The original routes declare their own auth ("user" for /predict and /).
-    env = {"MLGATE_AUTH__MODEL_ROUTES": "public"}
-    with run_server(tmp_path_factory.mktemp("e2e-cardiaco"), env=env) as s:
+    # The native route takes the harness's API key (server.client()); the original routes
+    # declare their own auth ("user" for /predict and /, public for /home).
+    with run_server(tmp_path_factory.mktemp("e2e-cardiaco")) as s:
         yield s
 
 
@@ -125,7 +124,6 @@ def test_bad_records_are_4xx(client: httpx.Client, change: dict[str, str], statu
     assert message in r.json()["error"]["message"]
 
 
-@pytest.mark.xfail(strict=False, reason="gateway user auth not mounted yet")
 def test_original_user_flow(client: httpx.Client) -> None:
     # Without a token the original routes answer FastAPI's 401.
     anonymous = client.get("/")

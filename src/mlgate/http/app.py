@@ -24,7 +24,7 @@ from mlgate import __version__
 from mlgate.access.gate import Gate
 from mlgate.access.keys import KeyStore
 from mlgate.access.limiter import LimiterStorage, open_limiter_storage
-from mlgate.access.plans import PlanStore
+from mlgate.access.plans import PlanStore, ensure_reference_plan
 from mlgate.access.tokens import TokenIssuer, check_secret, load_or_create_secret
 from mlgate.access.usage import UsageRecorder
 from mlgate.access.users import UserStore
@@ -36,7 +36,7 @@ from mlgate.http.middleware import EdgeMiddleware
 from mlgate.registration import Registrar
 from mlgate.repository import Repository
 from mlgate.services import discover_services
-from mlgate.settings import Settings, load_settings
+from mlgate.settings import Settings, apply_process_environment, load_settings
 from mlgate.store import ArtifactStore, open_store
 from mlgate.telemetry.access_log import AccessLog
 from mlgate.telemetry.metrics import Metrics
@@ -128,6 +128,7 @@ class Server:
                 file=sys.stderr,
                 flush=True,
             )
+        ensure_reference_plan(self.plans)  # rate 10, burst 10, 1,000 a month: the reference deployment
         for service in self.services:
             for bundled in service.models:
                 self.registrar.register_bundled(bundled)
@@ -148,6 +149,7 @@ def _jwt_secret(settings: Settings) -> str:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ASGI app. Example: ``uvicorn.run(create_app(Settings(port=9000)))``."""
     settings = settings or load_settings()
+    apply_process_environment(settings)
     metrics = Metrics()
     access_log = AccessLog(settings.log)
     services = discover_services(settings.services)
@@ -234,6 +236,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics,
         access_log=access_log,
         path_limits=path_limits,
+        max_inflight=settings.max_inflight,
     )
     return app
 

@@ -1,4 +1,10 @@
-"""The edge middleware (pure ASGI, one layer): request id, body size limit, metrics, access log.
+"""The edge middleware (pure ASGI, one layer): request id, body size limit, load shedding,
+metrics, access log.
+
+Load shedding: past ``max_inflight`` requests in this process, a request is answered 503 +
+``Retry-After`` at once instead of joining a queue that only grows under overload (where
+each extra request in flight also costs the event loop throughput). Health, readiness and
+metrics are never shed.
 
 Pure ASGI rather than BaseHTTPMiddleware: no extra task or stream copy per request.
 Handlers report the model/version they served in ``request.state`` (``scope["state"]``),
@@ -15,13 +21,16 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mlgate.errors import PayloadTooLarge
+from mlgate.errors import Overloaded, PayloadTooLarge
 from mlgate.telemetry.access_log import AccessLog, AccessRecord
 from mlgate.telemetry.metrics import Metrics
 
 __all__ = ["EdgeMiddleware"]
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: Never shed: probes must see the truth under load.
+_NOT_SHED = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
+_SHED_BODY = orjson.dumps({"error": Overloaded("server is at capacity; retry shortly").to_dict()})
 
 
 class EdgeMiddleware:
@@ -33,8 +42,11 @@ class EdgeMiddleware:
         metrics: Metrics,
         access_log: AccessLog,
         path_limits: dict[str, int] | None = None,
+        max_inflight: int = 0,
     ) -> None:
         self.app = app
+        self.max_inflight = max_inflight
+        self.inflight = 0
         self.max_body_bytes = max_body_bytes
         self.path_limits = path_limits or {}
         self.metrics = metrics
@@ -73,12 +85,17 @@ class EdgeMiddleware:
                     raise PayloadTooLarge(f"request body exceeds {limit} bytes")
             return message
 
+        shed = 0 < self.max_inflight <= self.inflight and scope["path"] not in _NOT_SHED
+        self.inflight += 1
         try:
-            if _content_length(scope) > limit:
+            if shed:
+                await _send_json(send_wrapper, 503, _SHED_BODY, ((b"retry-after", b"1"),))
+            elif _content_length(scope) > limit:
                 await self._send_413(send_wrapper, limit)
             else:
                 await self.app(scope, receive_wrapper, send_wrapper)
         finally:
+            self.inflight -= 1
             elapsed = time.perf_counter() - started
             admission = state.get("admission")
             if admission is not None:
@@ -107,17 +124,24 @@ class EdgeMiddleware:
         body = orjson.dumps(
             {"error": {"code": "payload_too_large", "message": f"request body exceeds {limit} bytes"}}
         )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _send_json(send, 413, body)
+
+
+async def _send_json(
+    send: Send, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _request_id(scope: Scope) -> str:
