@@ -67,7 +67,8 @@ def _import_keras() -> ModuleType:
         if missing and missing.split(".")[0] != "keras":
             raise ConfigurationError(
                 f"keras is installed but its configured backend needs '{missing}', which is not "
-                "installed; the 'keras' extra ships torch: run the server with KERAS_BACKEND=torch (MLGATE_KERAS_BACKEND, default torch)"
+                "installed; the 'keras' extra ships torch: run the server with KERAS_BACKEND=torch "
+                "(MLGATE_KERAS_BACKEND, default torch)"
             ) from exc
         raise
 
