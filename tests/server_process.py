@@ -39,7 +39,11 @@ class ServerProcess:
 
 @contextmanager
 def run_server(
-    data_dir: Path, *, env: dict[str, str] | None = None, startup_timeout: float = 60.0
+    data_dir: Path,
+    *,
+    env: dict[str, str] | None = None,
+    startup_timeout: float = 60.0,
+    command: list[str] | None = None,
 ) -> Iterator[ServerProcess]:
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -54,7 +58,10 @@ def run_server(
     }
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mlgate", "serve"], env=full_env, stdout=log, stderr=subprocess.STDOUT
+            command or [sys.executable, "-m", "mlgate", "serve"],
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     server = ServerProcess(f"http://127.0.0.1:{port}", data_dir, proc, log_path)
     try:
