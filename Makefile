@@ -31,5 +31,13 @@ test: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/lint-imports
 	$(TEST_VENV)/bin/pytest -q
 
+## Benchmark suite (not part of `make test`/CI): floors, mlgate and the peers, ~20 min; writes
+## docs/benchmarks.md. Peers get their own venvs under bench/.envs/ on first run (never project
+## dependencies); wrk comes from Debian (installed here if missing, as root). BENCH_QUICK=1 for a
+## 2-minute iteration run; see bench/run.py for the other knobs.
+bench: $(SERVE_VENV)/.installed
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; } || { echo "bench: wrk is needed (apt-get install wrk)"; exit 1; }
+	BENCH_PEER_PYTHON=$(PYTHON) PYTHONDONTWRITEBYTECODE=1 $(SERVE_VENV)/bin/python bench/run.py
+
 clean:
 	rm -rf $(SERVE_VENV) $(TEST_VENV) .mlgate .pytest_cache .mypy_cache .ruff_cache

@@ -83,15 +83,18 @@ class Batcher:
         """Queue one decoded item; raise Overloaded when full, PredictionTimeout after ``timeout`` s."""
         if len(self._queue) >= self._config.max_queue:
             raise Overloaded("model queue is full", retry_after=self._retry_after())
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self._queue.append(_Item(value, future))
         self._wakeup.set()
+        # A plain timer rather than asyncio.wait_for (which costs a task-like wrapper per
+        # request): on expiry the item's future fails with PredictionTimeout, so a batch not
+        # yet dispatched drops it and one already running keeps its slot until it ends.
+        timer = loop.call_later(timeout, _expire, future, timeout)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
-            # Not yet dispatched: drop it. Already running: it keeps its slot until it ends.
-            future.cancel()
-            raise PredictionTimeout(f"prediction took longer than {timeout:g} s") from None
+            return await asyncio.shield(future)
+        finally:
+            timer.cancel()
 
     def _retry_after(self) -> float:
         per_batch = max(self._mean_batch_s, 0.001)
@@ -174,3 +177,8 @@ class Batcher:
                 item.future.set_result(value)
             else:
                 item.future.set_exception(value)
+
+
+def _expire(future: asyncio.Future[Any], timeout: float) -> None:
+    if not future.done():
+        future.set_exception(PredictionTimeout(f"prediction took longer than {timeout:g} s"))

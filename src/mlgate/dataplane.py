@@ -70,6 +70,11 @@ class DataPlane:
         self._loaded: dict[tuple[str, int], LoadedModel] = {}
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
         self._aliases: dict[tuple[str, str | int | None], tuple[float, VersionInfo]] = {}
+        # One registry lookup per expired alias at a time: when the cached entry expires under
+        # load, every request in flight would otherwise run its own (a thread hop and a
+        # database read each, ~64 per second per alias at c=64 in a W1 profile).
+        self._resolving: dict[tuple[str, str | int | None], asyncio.Future[VersionInfo]] = {}
+        self._alias_epoch = 0
         self._generation = -1
         self.ready = False
 
@@ -105,6 +110,8 @@ class DataPlane:
     def invalidate(self) -> None:
         """Forget cached alias resolutions (after an alias move in this process)."""
         self._aliases.clear()
+        self._resolving.clear()  # lookups already running may predate the move: don't share them
+        self._alias_epoch += 1
 
     async def resolve(self, name: str, ref: str | int | None = None) -> VersionInfo:
         """Resolve a version/alias, cached for ``alias_ttl_s`` seconds (numbers are immutable)."""
@@ -113,8 +120,25 @@ class DataPlane:
         hit = self._aliases.get(key)
         if hit is not None and (isinstance(ref, int) or now - hit[0] < self.settings.alias_ttl_s):
             return hit[1]
-        info = await asyncio.to_thread(self.repository.resolve, name, ref)
-        self._aliases[key] = (now, info)
+        lookup = self._resolving.get(key)
+        if lookup is None:
+            lookup = self._resolving[key] = asyncio.ensure_future(self._lookup(key, name, ref, now))
+            lookup.add_done_callback(_retrieved)
+        # Shielded: a caller that goes away (client disconnect, timeout) never cancels the
+        # lookup the others are waiting for.
+        return await asyncio.shield(lookup)
+
+    async def _lookup(
+        self, key: tuple[str, str | int | None], name: str, ref: str | int | None, now: float
+    ) -> VersionInfo:
+        epoch = self._alias_epoch
+        try:
+            info = await asyncio.to_thread(self.repository.resolve, name, ref)
+        finally:
+            if self._resolving.get(key) is asyncio.current_task():
+                del self._resolving[key]
+        if epoch == self._alias_epoch:  # not invalidated meanwhile
+            self._aliases[key] = (now, info)
         return info
 
     # -- loading ---------------------------------------------------------------------------
@@ -207,7 +231,13 @@ class DataPlane:
         loaded = await self.ensure_loaded(info)
         items = loaded.runtime.decode_tensors(tensors)
         outputs = await asyncio.gather(*(self._submit(loaded, x) for x in items))
-        return info, loaded.runtime.encode_tensors(list(outputs))
+        encoded = loaded.runtime.encode_tensors(list(outputs))
+        for array in encoded.values():  # as _check_finite: JSON has no inf/NaN (it would read null)
+            values = np.asarray(array)
+            if values.dtype.kind in "fc" and not np.isfinite(values).all():
+                loaded.metrics.error(InvalidInput.code)
+                raise InvalidInput("input drives the model to a non-finite output (values out of range)")
+        return info, encoded
 
     async def _serve(self, loaded: LoadedModel, payload: Any) -> Prediction:
         m = loaded.metrics
@@ -243,6 +273,12 @@ class DataPlane:
         loaded.metrics.invocations.inc()
         loaded.metrics.latency.observe(time.perf_counter() - started)
         return y
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark a shared lookup's error as seen even when every caller stopped waiting for it."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _check_finite(value: Any) -> None:

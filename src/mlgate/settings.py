@@ -88,6 +88,12 @@ class LimiterSettings(BaseModel):
     usage_flush_s: float = Field(
         default=1.0, gt=0, le=60, description="usage counters are written this often"
     )
+    usage_sync: bool = Field(
+        default=False,
+        description="answer a metered call only once its usage is in the database (a crash then "
+        "loses no acknowledged call; concurrent calls share each write). Off: a kill -9 loses at most "
+        "the last usage_flush_s of counts",
+    )
 
 
 class CorsSettings(BaseModel):

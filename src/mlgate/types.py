@@ -20,6 +20,7 @@ __all__ = [
     "AuthMode",
     "BatchingConfig",
     "BundledModel",
+    "BundledWorkflow",
     "Caller",
     "InfoContext",
     "InfoRoute",
@@ -200,6 +201,20 @@ class BundledModel:
 
 
 @dataclass(frozen=True, slots=True)
+class BundledWorkflow:
+    """A workflow shipped in a service folder, deployed on first start (never over a redeploy).
+
+    ``definition`` is Amazon States Language JSON; ``mapping`` maps its AWS resources (Lambda
+    ARNs) to mlgate actions (see ``docs/workflows.md``).
+    """
+
+    name: str
+    definition: Path
+    mapping: Path | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Service:
     """A reference (or third-party) service: bundled models, processors and original routes."""
 
@@ -208,3 +223,6 @@ class Service:
     processors: Mapping[str, Processor] = field(default_factory=dict)
     routes: tuple[RouteAdapter, ...] = ()
     info_routes: tuple[InfoRoute, ...] = ()
+    workflows: tuple[BundledWorkflow, ...] = ()
+    #: functions workflows may call as ``mlgate:python:<name>`` (JSON in, JSON out; sync or async)
+    functions: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)

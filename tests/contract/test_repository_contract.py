@@ -29,6 +29,9 @@ TABLES = {
     "usage_daily",
     "limiter_buckets",
     "limiter_counters",
+    "workflows",
+    "executions",
+    "execution_events",
 }
 
 
@@ -344,7 +347,7 @@ def test_migration_is_idempotent(database_url: str) -> None:
     engine = create_engine_for(database_url)
     try:
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0002"]
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0003"]
             assert conn.execute(text("SELECT id, generation FROM registry_state")).all() == [(1, 0)]
     finally:
         engine.dispose()

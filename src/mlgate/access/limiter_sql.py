@@ -1,12 +1,21 @@
 """Limiter state in the registry database, shared by every server process that uses it.
 
-Each take or count is one short write transaction: ``SELECT … FOR UPDATE`` on
-PostgreSQL (the row lock serializes takes on one bucket, other buckets run in
-parallel), ``BEGIN IMMEDIATE`` on SQLite (one writer at a time, waiting up to the busy
-timeout instead of failing with "database is locked"). A bucket's first take inserts
-its row with ``ON CONFLICT DO NOTHING`` and reads it again under the lock, so two
-processes creating the same bucket never both start it full. The refill arithmetic is
+Writes are short transactions: ``SELECT … FOR UPDATE`` on PostgreSQL (the row lock
+serializes takes on one bucket, other buckets run in parallel), ``BEGIN IMMEDIATE`` on
+SQLite (one writer at a time, waiting up to the busy timeout instead of failing with
+"database is locked"). A bucket's first take inserts its row with ``ON CONFLICT DO
+NOTHING`` and reads it again under the lock, so two processes creating the same bucket
+never both start it full. The refill arithmetic is
 :func:`mlgate.access.limiter_storage.take_tokens`, the same as in memory.
+
+**Group commit.** Takes and counts that arrive while a transaction is running wait for it
+and then run together in the next one, in arrival order: each row they touch is read (and
+locked) once, every operation is applied to it in order exactly as separate transactions
+would have applied them — no other process can interleave, the row is locked — and the row
+is written once. Under load one thread hop and one transaction serve many requests (in a
+W1 profile with ``--workers 2`` each request had paid two transactions and two thread hops,
+~3 ms of CPU); a lone request still runs at once. If a transaction fails, every operation in
+it fails the same way (none of its writes is kept).
 
 The blocking work runs in a worker thread (:func:`asyncio.to_thread`); the event loop
 never waits on the database. A database that cannot be reached raises
@@ -22,9 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, Table, delete, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, delete, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -43,6 +53,50 @@ from mlgate.errors import ConfigurationError, LimiterUnavailable
 __all__ = ["SqlLimiterStorage"]
 
 
+@dataclass(slots=True)
+class _Take:
+    key: str
+    rate: float
+    burst: int
+    cost: int
+    now: float
+
+
+@dataclass(slots=True)
+class _Count:
+    key: str
+    limit: int
+    window_end: float
+    cost: int
+    now: float
+
+
+_Op = _Take | _Count
+
+
+class _Statements:
+    """Statements built once (building them per call cost more than running them on SQLite)."""
+
+    def __init__(self, dialect: str) -> None:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        lock = dialect == "postgresql"
+        self.select: dict[str, Any] = {}
+        self.insert: dict[str, Any] = {}
+        for table in (limiter_buckets, limiter_counters):
+            query = select(table).where(table.c.key == bindparam("k"))
+            self.select[table.name] = query.with_for_update() if lock else query
+            self.insert[table.name] = insert(table).on_conflict_do_nothing()
+        b, c = limiter_buckets, limiter_counters
+        self.update_bucket = (
+            update(b)
+            .where(b.c.key == bindparam("k"))
+            .values(tokens=bindparam("t"), updated_at=bindparam("u"))
+        )
+        self.update_counter = (
+            update(c).where(c.c.key == bindparam("k")).values(count=bindparam("n"), expires_at=bindparam("e"))
+        )
+
+
 class SqlLimiterStorage:
     """Token buckets and quota counters in the ``limiter_buckets`` / ``limiter_counters`` tables."""
 
@@ -51,22 +105,27 @@ class SqlLimiterStorage:
         if dialect not in ("sqlite", "postgresql"):
             raise ConfigurationError(f"the database limiter supports SQLite and PostgreSQL, not {dialect}")
         self._engine = engine
-        self._lock_rows = dialect == "postgresql"
-        self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self._sql = _Statements(dialect)
+        self._waiting: list[tuple[_Op, asyncio.Future[Decision | QuotaDecision]]] = []
+        self._committer: asyncio.Task[None] | None = None
 
     async def take(
         self, key: str, *, rate: float, burst: int, cost: int = 1, now: float | None = None
     ) -> Decision:
         check_bucket_args(rate, burst, cost)
         t = time.time() if now is None else now
-        return await asyncio.to_thread(self._take, key, rate, burst, cost, t)
+        result = await self._submit(_Take(key, rate, burst, cost, t))
+        assert isinstance(result, Decision)
+        return result
 
     async def count(
         self, key: str, *, limit: int, window_end: float, cost: int = 1, now: float | None = None
     ) -> QuotaDecision:
         t = time.time() if now is None else now
         check_quota_args(limit, window_end, cost, t)
-        return await asyncio.to_thread(self._count, key, limit, window_end, cost, t)
+        result = await self._submit(_Count(key, limit, window_end, cost, t))
+        assert isinstance(result, QuotaDecision)
+        return result
 
     async def reset(self, key: str) -> None:
         await asyncio.to_thread(self._reset, key)
@@ -74,41 +133,102 @@ class SqlLimiterStorage:
     async def close(self) -> None:
         """Nothing to release: the engine belongs to whoever created it."""
 
+    # -- group commit ----------------------------------------------------------------------
+
+    async def _submit(self, op: _Op) -> Decision | QuotaDecision:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Decision | QuotaDecision] = loop.create_future()
+        self._waiting.append((op, future))
+        committer = self._committer
+        if committer is None or committer.done() or committer.get_loop() is not loop:
+            self._committer = loop.create_task(self._commit_waiting(), name="mlgate-limiter-sql")
+        return await future
+
+    async def _commit_waiting(self) -> None:
+        # A task of its own, so a caller that goes away never strands the others' answers.
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            batch = [(op, f) for op, f in batch if not f.done()]  # callers already gone
+            if not batch:
+                continue
+            try:
+                results = await asyncio.to_thread(self._apply, [op for op, _ in batch])
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
     # -- blocking work, in a worker thread -------------------------------------------------
 
-    def _take(self, key: str, rate: float, burst: int, cost: int, now: float) -> Decision:
-        table = limiter_buckets
+    def _apply(self, ops: list[_Op]) -> list[Decision | QuotaDecision]:
+        """Every op in order, in one transaction: each row read (locked) once, written once."""
+        rows: dict[tuple[str, str], list[Any]] = {}  # (table, key) -> [tokens or count, stamp or end]
+        dirty: set[tuple[str, str]] = set()
+        out: list[Decision | QuotaDecision] = []
         try:
             with write_tx(self._engine) as conn:
-                row = self._locked_row(conn, table, key, tokens=float(burst), updated_at=now)
-                allowed, tokens, stamp, retry_after = take_tokens(
-                    float(row.tokens), float(row.updated_at), now=now, rate=rate, burst=burst, cost=cost
-                )
-                if allowed:
-                    conn.execute(
-                        update(table).where(table.c.key == key).values(tokens=tokens, updated_at=stamp)
-                    )
+                for op in ops:
+                    if isinstance(op, _Take):
+                        ref = ("b", op.key)
+                        row = rows.get(ref)
+                        if row is None:
+                            row = rows[ref] = self._locked(
+                                conn, limiter_buckets, op.key, float(op.burst), op.now
+                            )
+                        allowed, tokens, stamp, retry_after = take_tokens(
+                            row[0], row[1], now=op.now, rate=op.rate, burst=op.burst, cost=op.cost
+                        )
+                        if allowed:
+                            row[0], row[1] = tokens, stamp
+                            dirty.add(ref)
+                        out.append(Decision(allowed, op.burst, whole_tokens(tokens), retry_after))
+                    else:
+                        ref = ("c", op.key)
+                        row = rows.get(ref)
+                        if row is None:
+                            row = rows[ref] = self._locked(conn, limiter_counters, op.key, 0, op.window_end)
+                        stored_end = float(row[1])
+                        if stored_end <= op.now or stored_end < op.window_end:
+                            used, ends = 0, op.window_end  # the stored window is over
+                        else:
+                            used, ends = int(row[0]), stored_end
+                        allowed = used + op.cost <= op.limit
+                        if allowed:
+                            used += op.cost
+                            row[0], row[1] = used, ends
+                            dirty.add(ref)
+                        out.append(QuotaDecision(allowed, op.limit, op.limit - used, ends))
+                for ref in dirty:
+                    value, stamp = rows[ref]
+                    if ref[0] == "b":
+                        conn.execute(self._sql.update_bucket, {"k": ref[1], "t": value, "u": stamp})
+                    else:
+                        conn.execute(self._sql.update_counter, {"k": ref[1], "n": int(value), "e": stamp})
         except sa_exc.OperationalError as exc:
             raise _unavailable(exc) from exc
-        return Decision(allowed, burst, whole_tokens(tokens), retry_after)
+        return out
 
-    def _count(self, key: str, limit: int, window_end: float, cost: int, now: float) -> QuotaDecision:
-        table = limiter_counters
-        try:
-            with write_tx(self._engine) as conn:
-                row = self._locked_row(conn, table, key, count=0, expires_at=window_end)
-                stored_end = float(row.expires_at)
-                if stored_end <= now or stored_end < window_end:
-                    used, ends = 0, window_end  # the stored window is over
-                else:
-                    used, ends = int(row._mapping["count"]), stored_end
-                allowed = used + cost <= limit
-                if allowed:
-                    used += cost
-                    conn.execute(update(table).where(table.c.key == key).values(count=used, expires_at=ends))
-        except sa_exc.OperationalError as exc:
-            raise _unavailable(exc) from exc
-        return QuotaDecision(allowed, limit, limit - used, ends)
+    def _locked(self, conn: Connection, table: Table, key: str, value: float, stamp: float) -> list[Any]:
+        """``[value, stamp]`` of ``key``, locked until the transaction ends; created if missing."""
+        query = self._sql.select[table.name]
+        row = conn.execute(query, {"k": key}).first()
+        if row is None:
+            # Another transaction may insert the same key first: then this insert waits for
+            # it to commit, does nothing, and the second read returns its row, locked.
+            if table is limiter_buckets:
+                initial = {"key": key, "tokens": value, "updated_at": stamp}
+            else:
+                initial = {"key": key, "count": int(value), "expires_at": stamp}
+            conn.execute(self._sql.insert[table.name], initial)
+            row = conn.execute(query, {"k": key}).one()
+        m = row._mapping
+        if table is limiter_buckets:
+            return [float(m["tokens"]), float(m["updated_at"])]
+        return [int(m["count"]), float(m["expires_at"])]
 
     def _reset(self, key: str) -> None:
         try:
@@ -117,19 +237,6 @@ class SqlLimiterStorage:
                 conn.execute(delete(limiter_counters).where(limiter_counters.c.key == key))
         except sa_exc.OperationalError as exc:
             raise _unavailable(exc) from exc
-
-    def _locked_row(self, conn: Connection, table: Table, key: str, **initial: Any) -> Row[Any]:
-        """The row of ``key``, locked until the transaction ends; created from ``initial`` if missing."""
-        query = select(table).where(table.c.key == key)
-        if self._lock_rows:
-            query = query.with_for_update()
-        row = conn.execute(query).first()
-        if row is None:
-            # Another transaction may insert the same key first: then this insert waits for
-            # it to commit, does nothing, and the second read returns its row, locked.
-            conn.execute(self._insert(table).values(key=key, **initial).on_conflict_do_nothing())
-            row = conn.execute(query).one()
-        return row
 
 
 def _unavailable(exc: sa_exc.OperationalError) -> LimiterUnavailable:

@@ -20,11 +20,13 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     ForeignKeyConstraint,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
+    UniqueConstraint,
     false,
 )
 from sqlalchemy.types import TypeDecorator
@@ -34,6 +36,8 @@ __all__ = [
     "UtcDateTime",
     "aliases",
     "api_keys",
+    "execution_events",
+    "executions",
     "key_plans",
     "limiter_buckets",
     "limiter_counters",
@@ -45,6 +49,7 @@ __all__ = [
     "usage_plans",
     "users",
     "utcnow",
+    "workflows",
 ]
 
 
@@ -205,4 +210,59 @@ limiter_counters = Table(
     Column("key", String(255), primary_key=True),
     Column("count", BigInteger, nullable=False),
     Column("expires_at", Float, nullable=False),  # epoch seconds when the window ends
+)
+
+
+# -- workflows (0003) --------------------------------------------------------------------
+
+#: Deployed workflows: the current definition (Amazon States Language JSON) and its resource
+#: mapping; every deploy bumps ``revision``.
+workflows = Table(
+    "workflows",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("definition", Text, nullable=False),
+    Column("mapping", Text, nullable=True),  # JSON; None: only mlgate:* resources
+    Column("description", Text, nullable=False, default=""),
+    Column("revision", Integer, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False, default=utcnow),
+    Column("updated_at", UtcDateTime, nullable=False, default=utcnow),
+)
+
+#: One row per execution; ``runner`` and ``heartbeat_at`` tell a live execution from one a
+#: crashed server left RUNNING.
+executions = Table(
+    "executions",
+    metadata,
+    Column("id", String(32), primary_key=True),  # uuid4 hex
+    Column("workflow", String(64), ForeignKey("workflows.name"), nullable=False),
+    Column("name", String(80), nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("status", String(16), nullable=False),  # RUNNING | SUCCEEDED | FAILED | TIMED_OUT | ABORTED
+    Column("input", Text, nullable=False),
+    Column("output", Text, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("cause", Text, nullable=True),
+    Column("owner", String(160), nullable=True),  # who started it: a username or "key:<id>"
+    Column("parent_id", String(32), nullable=True),  # the execution that started this one
+    Column("runner", String(160), nullable=True),  # host:pid:instance of the process running it
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("stopped_at", UtcDateTime, nullable=True),
+    Column("heartbeat_at", UtcDateTime, nullable=True),
+    UniqueConstraint("workflow", "name", name="uq_executions_workflow_name"),
+    Index("ix_executions_workflow_started_at", "workflow", "started_at"),
+    Index("ix_executions_status_started_at", "status", "started_at"),
+    Index("ix_executions_owner_started_at", "owner", "started_at"),
+)
+
+#: The history of an execution: ``seq`` is the interpreter's event id (1, 2, 3, …).
+execution_events = Table(
+    "execution_events",
+    metadata,
+    Column("execution_id", String(32), ForeignKey("executions.id"), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("type", String(64), nullable=False),
+    Column("timestamp", UtcDateTime, nullable=False),
+    Column("state", String(128), nullable=True),
+    Column("details", Text, nullable=False),  # JSON object
 )

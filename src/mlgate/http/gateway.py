@@ -52,7 +52,7 @@ async def admit(
     from mlgate.http.deps import server_of
 
     gate = server_of(request).gate
-    path = request.url.path
+    path = _path(request)
     mode = gate.mode_for(declared=declared, model=model, path=path)
     state = request.state
     try:
@@ -71,6 +71,12 @@ async def admit(
     state.key_id = admission.caller.id
     state.rate_headers = admission.headers
     return admission
+
+
+def _path(request: Request) -> str:
+    """``request.url.path`` without building the whole URL (host, scheme, query) per request."""
+    path: str = request.scope["path"]
+    return path.replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
 
 
 def _rejection(exc: MlgateError, headers: dict[str, str], original: ErrorRenderer | None) -> GatewayRejected:
@@ -92,7 +98,7 @@ async def authenticate(request: Request, *, model: str | None = None) -> None:
     from mlgate.http.deps import server_of
 
     gate = server_of(request).gate
-    mode = gate.mode_for(declared="default", model=model, path=request.url.path)
+    mode = gate.mode_for(declared="default", model=model, path=_path(request))
     try:
         caller = await gate.authenticate(
             mode=mode, api_key=request.headers.get("x-api-key"), bearer=bearer_token(request)

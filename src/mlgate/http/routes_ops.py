@@ -17,14 +17,13 @@ async def healthz() -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/readyz", summary="Readiness: startup finished and every aliased model is loaded")
+@router.get("/readyz", summary="Readiness: startup finished, every aliased model loaded, not draining")
 async def readyz(request: Request) -> JSONResponse:
     server = server_of(request)
-    ready = server.dataplane.ready
+    ready = server.dataplane.ready and not server.draining
+    status = "draining" if server.draining else "ready" if ready else "starting"
     loaded = [f"{m.info.model}:{m.info.version}" for m in server.dataplane.loaded()]
-    return JSONResponse(
-        {"status": "ready" if ready else "starting", "loaded": loaded}, status_code=200 if ready else 503
-    )
+    return JSONResponse({"status": status, "loaded": loaded}, status_code=200 if ready else 503)
 
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=True)

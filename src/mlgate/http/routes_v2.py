@@ -115,7 +115,8 @@ async def live() -> JSONResponse:
 
 @router.get("/health/ready", summary="Server readiness")
 async def ready(request: Request) -> JSONResponse:
-    ok = server_of(request).dataplane.ready
+    server = server_of(request)
+    ok = server.dataplane.ready and not server.draining
     return JSONResponse({"ready": ok}, status_code=200 if ok else 400)
 
 

