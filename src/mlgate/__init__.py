@@ -15,13 +15,22 @@ from mlgate.errors import (
 )
 from mlgate.runtimes.base import LoadContext, ModelRuntime
 from mlgate.settings import Settings, load_settings
-from mlgate.types import BatchingConfig, BundledModel, Manifest, Processor, RouteAdapter, Service
+from mlgate.types import (
+    BatchingConfig,
+    BundledModel,
+    BundledWorkflow,
+    Manifest,
+    Processor,
+    RouteAdapter,
+    Service,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BatchingConfig",
     "BundledModel",
+    "BundledWorkflow",
     "ConfigurationError",
     "InvalidInput",
     "LoadContext",
