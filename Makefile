@@ -5,7 +5,7 @@ SERVE_VENV := .venv-serve
 TEST_VENV := .venv
 PIP_FLAGS ?= --disable-pip-version-check -q
 
-.PHONY: serve test lint typecheck unit bench clean
+.PHONY: serve test lint typecheck unit bench soak clean
 
 $(SERVE_VENV)/.installed: pyproject.toml
 	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
@@ -38,6 +38,14 @@ test: $(TEST_VENV)/.installed
 bench: $(SERVE_VENV)/.installed
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; } || { echo "bench: wrk is needed (apt-get install wrk)"; exit 1; }
 	BENCH_PEER_PYTHON=$(PYTHON) PYTHONDONTWRITEBYTECODE=1 $(SERVE_VENV)/bin/python bench/run.py
+
+## The reliability and security suite at full length (docs/security.md): 30 kill -9 rounds,
+## 100 fuzz examples per operation and mode, the overload comparison without shedding; ~10 min.
+## CI runs the same tests shorter (`make test`). Measured figures go to .mlgate/security-figures.jsonl.
+soak: $(TEST_VENV)/.installed
+	@mkdir -p .mlgate
+	MLGATE_SOAK=1 MLGATE_SECURITY_FIGURES=$${MLGATE_SECURITY_FIGURES:-.mlgate/security-figures.jsonl} \
+		$(TEST_VENV)/bin/pytest tests/security -q -p no:cacheprovider -o timeout=1800
 
 clean:
 	rm -rf $(SERVE_VENV) $(TEST_VENV) .mlgate .pytest_cache .mypy_cache .ruff_cache

@@ -232,6 +232,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(routes_ops.router)
     app.include_router(routes_models.router)
+    routes_models.install_serving_routes(app)  # the predict hot path, ahead of FastAPI's routers
     app.include_router(routes_v2.router)
     app.include_router(routes_admin.router)
     app.include_router(routes_auth.router)

@@ -6,6 +6,8 @@ import asyncio
 from typing import Any
 
 from fastapi import Request
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from mlgate.access.tokens import authenticate_token
 from mlgate.errors import Forbidden, InvalidInput, Unauthorized
@@ -14,7 +16,15 @@ from mlgate.http.gateway import bearer_token
 from mlgate.payloads import parse_json
 from mlgate.types import Caller
 
-__all__ = ["caller_of", "json_body", "require_admin", "require_caller", "server_of", "version_ref"]
+__all__ = [
+    "ServingRoute",
+    "caller_of",
+    "json_body",
+    "require_admin",
+    "require_caller",
+    "server_of",
+    "version_ref",
+]
 
 
 def server_of(request: Request) -> Server:
@@ -81,3 +91,21 @@ def version_ref(raw: str | None) -> str | int | None:
             raise InvalidInput("version numbers start at 1")
         return number
     return raw
+
+
+class ServingRoute(Route):
+    """A plain Starlette route that serves a hot path (predict) ahead of FastAPI's routers.
+
+    Inserted first in the app's route list, it is matched before FastAPI walks every
+    included router, and its endpoint (which takes only the ``Request``) runs without
+    FastAPI's per-request machinery (dependency solving, telemetry, exit stacks). The FastAPI
+    route registered for the same path stays, for the OpenAPI docs. Errors reach the same
+    exception handlers; like FastAPI's routes it records itself in ``scope["route"]``, which
+    labels the HTTP metrics.
+    """
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = super().matches(scope)
+        if match is not Match.NONE:
+            child_scope["route"] = self
+        return match, child_scope

@@ -42,6 +42,7 @@ _SHED_HEADERS = (
     (b"retry-after", b"1"),
 )
 _SHED_WARN_EVERY_S = 10.0
+_MAX_LABEL_SETS = 1024
 log = logging.getLogger("mlgate.http")
 
 
@@ -67,6 +68,8 @@ class EdgeMiddleware:
         self.path_limits = path_limits or {}
         self.metrics = metrics
         self.access_log = access_log
+        # (route, method, status) -> the two metric children: resolved once, not per request
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -125,8 +128,17 @@ class EdgeMiddleware:
                 scope["app"].state.server.gate.record(admission, outcome=outcome)
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
-            self.metrics.http_requests.labels(template, scope["method"], str(status)).inc()
-            self.metrics.http_latency.labels(template).observe(elapsed)
+            key = (template, scope["method"], status)
+            children = self._children.get(key)
+            if children is None:
+                children = (
+                    self.metrics.http_requests.labels(template, scope["method"], str(status)),
+                    self.metrics.http_latency.labels(template),
+                )
+                if len(self._children) < _MAX_LABEL_SETS:  # methods are client-chosen: bounded
+                    self._children[key] = children
+            children[0].inc()
+            children[1].observe(elapsed)
             self.access_log.write(
                 AccessRecord(
                     method=scope["method"],

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 
 from mlgate.errors import InvalidInput, MlgateError
-from mlgate.http.deps import json_body, server_of, version_ref
+from mlgate.http.deps import ServingRoute, json_body, server_of, version_ref
 from mlgate.http.gateway import admit, authenticate
 from mlgate.http.jsonio import JSONResponse
 from mlgate.payloads import read_body
@@ -152,3 +152,16 @@ async def batch(name: str, request: Request, version: str | None = None) -> JSON
 )
 async def batch_version(name: str, version: str, request: Request) -> JSONResponse:
     return await _batch(request, name, version_ref(version))
+
+
+async def _serve_predict(request: Request) -> JSONResponse:
+    params = request.path_params
+    ref = params["version"] if "version" in params else request.query_params.get("version")
+    return await _predict(request, params["name"], version_ref(ref))
+
+
+def install_serving_routes(app: FastAPI) -> None:
+    """Serve the predict routes from :class:`ServingRoute`s placed first (the routes above stay for
+    the OpenAPI docs): same endpoint, without FastAPI's routing and per-request machinery."""
+    for path in ("/v1/models/{name}/predict", "/v1/models/{name}/versions/{version}/predict"):
+        app.router.routes.insert(0, ServingRoute(path, _serve_predict, methods=["POST"]))

@@ -1,7 +1,9 @@
 """The structured access log: one JSON line per request, to stdout and a rotating file.
 
 Lines are built with orjson, so user input (paths, ids) is always escaped inside one
-JSON string and cannot forge a second line. Writing happens on a background thread so the
+JSON string and cannot forge a second line; the writer thread also escapes the three line
+breaks JSON leaves raw (U+0085, U+2028, U+2029, which ``str.splitlines`` and some log
+viewers honour). Writing happens on a background thread so the
 event loop never blocks on a slow terminal or disk. The request path only appends the line
 to a deque (no lock, no system call, no thread wake-up per line: on the hot path a
 ``logging.QueueHandler`` cost a ``LogRecord`` plus a futex wake-up per request); the writer
@@ -29,6 +31,7 @@ __all__ = ["AccessLog", "AccessRecord"]
 _FLUSH_S = 0.05
 #: Most lines handed to the handlers in one write.
 _MAX_BATCH = 2048
+_UNICODE_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
 @dataclass(slots=True)
@@ -126,8 +129,9 @@ class AccessLog:
                     batch.append(pending.popleft())
             except IndexError:
                 pass
-            record = logging.LogRecord(
-                "mlgate.access", logging.INFO, __file__, 0, "\n".join(batch), None, None
-            )
+            text = "\n".join(batch)
+            if not text.isascii():
+                text = text.translate(_UNICODE_LINE_BREAKS)
+            record = logging.LogRecord("mlgate.access", logging.INFO, __file__, 0, text, None, None)
             for h in self._handlers:
                 h.handle(record)
