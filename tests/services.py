@@ -6,8 +6,11 @@ On a user's machine without the service the test is skipped with a clear reason;
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -38,3 +41,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def postgres_schema(prefix: str = "t") -> Iterator[tuple[str, str]]:
+    """(SQLAlchemy URL whose search_path is a fresh schema, that schema), dropped afterwards.
+
+    Skips (or fails in CI) when psycopg or the server is missing.
+    """
+    from sqlalchemy.engine import make_url
+
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - the postgres extra is missing
+        missing_service("psycopg is not installed (pip install 'mlgate[postgres]')")
+        raise
+    url = make_url(POSTGRES_URL)
+    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(dsn, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        missing_service(f"PostgreSQL unreachable at {url.render_as_string()}: {exc}")
+        raise
+    with admin:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            scoped = url.update_query_dict({"options": f"-csearch_path={schema}"})
+            yield scoped.render_as_string(hide_password=False), schema
+        finally:
+            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')

@@ -15,7 +15,6 @@ import pytest
 
 from mlgate.store import ArtifactStore, FileArtifactStore, S3ArtifactStore
 from tests.conftest import MotoServer
-from tests.services import missing_service
 
 __all__ = ["MOTO_BUCKET", "S3_PAGE_SIZE", "MotoServer"]
 
@@ -39,32 +38,10 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ArtifactStore:
 
 def _postgres_schema_url() -> Iterator[str]:
     """A URL whose search_path is a fresh, empty schema on the test server, dropped afterwards."""
-    # Imported here so this section stays self-contained within the shared conftest.
-    from sqlalchemy.engine import make_url
+    from tests.services import postgres_schema
 
-    from tests.services import POSTGRES_URL
-
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover - the postgres extra is missing
-        missing_service("psycopg is not installed (pip install 'mlgate[postgres]')")
-        return
-    url = make_url(POSTGRES_URL)
-    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    try:
-        admin = psycopg.connect(dsn, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        missing_service(f"PostgreSQL unreachable at {url.render_as_string()}: {exc}")
-        return
-    with admin:
-        admin.execute(f'CREATE SCHEMA "{schema}"')
-        try:
-            yield url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-                hide_password=False
-            )
-        finally:
-            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    with postgres_schema("t") as (url, _):
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -21,7 +21,7 @@ from sklearn.linear_model import LinearRegression
 
 from tests.conftest import MotoServer
 from tests.server_process import ADMIN_KEY, ServerProcess, run_server
-from tests.services import POSTGRES_URL, missing_service
+from tests.services import POSTGRES_URL, postgres_schema
 
 pytestmark = pytest.mark.e2e
 
@@ -68,32 +68,8 @@ def _push(client: httpx.Client, name: str, path: Path, **form: str) -> httpx.Res
 @pytest.fixture(scope="module")
 def pg_schema_url() -> Iterator[tuple[str, str]]:
     """(SQLAlchemy URL whose search_path is a fresh schema ``e2e_<hex>``, that schema); dropped after."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover - the postgres extra is missing
-        missing_service("psycopg is not installed (pip install 'mlgate[postgres]')")
-        return
-    url = make_url(POSTGRES_URL)
-    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    schema = f"e2e_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(dsn, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        missing_service(f"PostgreSQL unreachable at {url.render_as_string()}: {exc}")
-        return
-    with admin:
-        admin.execute(f'CREATE SCHEMA "{schema}"')
-        try:
-            yield (
-                url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-                    hide_password=False
-                ),
-                schema,
-            )
-        finally:
-            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    with postgres_schema("e2e") as pair:
+        yield pair
 
 
 def _pg_rows(schema: str, sql: str) -> list[tuple[Any, ...]]:

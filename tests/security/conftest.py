@@ -31,7 +31,7 @@ import httpx
 import pytest
 
 from tests.server_process import ADMIN_KEY, ServerProcess, run_server
-from tests.services import POSTGRES_URL, REDIS_URL, missing_service
+from tests.services import REDIS_URL, missing_service, postgres_schema
 
 T = TypeVar("T")
 
@@ -193,29 +193,8 @@ def delete_redis_keys(url: str, pattern: str) -> int:
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
     """A SQLAlchemy URL whose search_path is a fresh schema, dropped afterwards."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover - the postgres extra is missing
-        missing_service("psycopg is not installed (pip install 'mlgate[postgres]')")
-        raise
-    url = make_url(POSTGRES_URL)
-    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    schema = f"sec_{uuid.uuid4().hex[:12]}"
-    try:
-        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        missing_service(f"PostgreSQL unreachable at {url.render_as_string()}: {exc}")
-        raise
-    with conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-        try:
-            yield url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-                hide_password=False
-            )
-        finally:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    with postgres_schema("sec") as (url, _):
+        yield url
 
 
 # -- a lean HTTP/1.1 load client ----------------------------------------------------------------
