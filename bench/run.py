@@ -18,6 +18,7 @@ import base64
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -636,6 +637,9 @@ def w2_part(out_dir: Path, data: Path, logs: Path, results: dict[str, Any]) -> l
 
 
 def finish(results: dict[str, Any], started: float, out_dir: Path) -> int:
+    if os.environ.get("BENCH_KEEP_DATA") != "1":
+        # The servers' data dirs: the W3 execution histories alone reach ~1 GB per run.
+        shutil.rmtree(out_dir / "data", ignore_errors=True)
     results["load"]["end"] = loadavg()
     results["elapsed_s"] = time.time() - started
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
