@@ -87,9 +87,10 @@ def serve(
     except ImportError:
         pass
     try:
-        import httptools  # noqa: F401
+        # uvicorn's httptools protocol, shedding load before any ASGI work (mlgate.http.protocol)
+        from mlgate.http.protocol import SheddingProtocol
 
-        options["http"] = "httptools"
+        options["http"] = SheddingProtocol
     except ImportError:
         pass
     if settings.workers > 1:

@@ -28,7 +28,7 @@ services may render their own historical envelope instead).
     │   └── IntegrityError (502 integrity_error)   sha256 mismatch after download
     ├── ModelLoadError (503 model_load_error)
     ├── Overloaded (503 overloaded)                queue full; carries ``retry_after`` seconds
-    ├── LimiterUnavailable (503 limiter_unavailable)  shared limiter state unreachable (fail closed)
+    ├── LimiterUnavailable (503 limiter_unavailable)  limiter state unreachable (fail closed); ``retry_after``
     ├── NotReady (503 not_ready)
     └── PredictionTimeout (504 timeout)
 """
@@ -241,8 +241,9 @@ class PredictionTimeout(MlgateError):
     code = "timeout"
 
 
-class LimiterUnavailable(MlgateError):
-    """The shared limiter state (Redis, the database) is unreachable and the policy fails closed."""
+class LimiterUnavailable(_RetryAfter):
+    """The shared limiter state (Redis, the database) is unreachable and the policy fails closed;
+    ``retry_after`` is when the storage tries it again."""
 
     status = 503
     code = "limiter_unavailable"

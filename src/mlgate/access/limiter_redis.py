@@ -197,11 +197,15 @@ class RedisLimiterStorage:
     def _check_up(self) -> None:
         if self._down_until and time.monotonic() < self._down_until:
             raise LimiterUnavailable(
-                "the limiter's Redis is unavailable", details={"reason": "recently unreachable"}
+                "the limiter's Redis is unavailable",
+                retry_after=max(0.0, self._down_until - time.monotonic()),
+                details={"reason": "recently unreachable"},
             )
 
     def _went_down(self, exc: BaseException) -> LimiterUnavailable:
         self._down_until = time.monotonic() + self._down_for
         return LimiterUnavailable(
-            "the limiter's Redis is unavailable", details={"reason": type(exc).__name__}
+            "the limiter's Redis is unavailable",
+            retry_after=self._down_for,
+            details={"reason": type(exc).__name__},
         )

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import Receive, Scope, Send
 
 from mlgate import __version__
 from mlgate.access.gate import Gate
@@ -34,7 +35,8 @@ from mlgate.dataplane import DataPlane
 from mlgate.http.drain import Drain
 from mlgate.http.errors import install_error_handlers
 from mlgate.http.jsonio import JSONResponse
-from mlgate.http.middleware import EdgeMiddleware
+from mlgate.http.middleware import Edge
+from mlgate.http.serving import ServingRoutes
 from mlgate.registration import Registrar
 from mlgate.repository import Repository
 from mlgate.services import discover_services
@@ -45,7 +47,7 @@ from mlgate.telemetry.metrics import Metrics
 from mlgate.types import Service
 from mlgate.workflows.service import WorkflowService, create_workflow_service
 
-__all__ = ["Server", "create_app", "create_app_from_env"]
+__all__ = ["MlgateApp", "Server", "create_app", "create_app_from_env"]
 
 log = logging.getLogger("mlgate")
 _PROCESS_STARTED = time.time()
@@ -165,7 +167,28 @@ def _jwt_secret(settings: Settings) -> str:
     return secret
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+class MlgateApp(FastAPI):
+    """FastAPI with mlgate's :class:`~mlgate.http.middleware.Edge` in front of its whole stack.
+
+    The edge sheds load, times, logs and meters every HTTP request and serves the predict
+    routes itself; the rest reaches FastAPI (``FastAPI.__call__``) as usual.
+    """
+
+    edge: Edge | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        edge = self.edge
+        if edge is not None and scope["type"] == "http":
+            await edge(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def call_stack(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """FastAPI's own stack (what the edge passes a request on to)."""
+        await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> MlgateApp:
     """Build the ASGI app. Example: ``uvicorn.run(create_app(Settings(port=9000)))``."""
     settings = settings or load_settings()
     apply_process_environment(settings)
@@ -211,7 +234,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             access_log.stop()
             server.repository.close()
 
-    app = FastAPI(
+    app = MlgateApp(
         title="mlgate",
         version=__version__,
         description="Machine-learning models as secure, metered, monitored HTTP APIs.",
@@ -230,16 +253,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         routes_workflows,
     )
 
+    serving = ServingRoutes()  # the predict hot path, served by the edge before FastAPI's stack
     app.include_router(routes_ops.router)
     app.include_router(routes_models.router)
-    routes_models.install_serving_routes(app)  # the predict hot path, ahead of FastAPI's routers
+    routes_models.install_serving_routes(serving)
     app.include_router(routes_v2.router)
     app.include_router(routes_admin.router)
     app.include_router(routes_auth.router)
     app.include_router(routes_access.router)
     app.include_router(routes_workflows.router)
     for service in services:
-        routes_services.mount(app, service)
+        routes_services.mount(app, service, serving)
     if settings.cors.origins:
         app.add_middleware(
             CORSMiddleware,
@@ -263,8 +287,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for r in s.routes
         if r.max_body_bytes is not None
     }
-    app.add_middleware(
-        EdgeMiddleware,
+    app.edge = Edge(
+        app.call_stack,
+        owner=app,
+        serving=serving,
+        bypass_cross_origin=bool(settings.cors.origins),
         max_body_bytes=settings.max_body_bytes,
         metrics=metrics,
         access_log=access_log,
@@ -289,6 +316,6 @@ def bootstrap_once(settings: Settings) -> None:
         server.repository.close()
 
 
-def create_app_from_env() -> FastAPI:
+def create_app_from_env() -> MlgateApp:
     """Factory for ``uvicorn --factory`` (one call per worker process)."""
     return create_app(load_settings())

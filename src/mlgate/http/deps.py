@@ -6,8 +6,6 @@ import asyncio
 from typing import Any
 
 from fastapi import Request
-from starlette.routing import Match, Route
-from starlette.types import Scope
 
 from mlgate.access.tokens import authenticate_token
 from mlgate.errors import Forbidden, InvalidInput, Unauthorized
@@ -17,7 +15,6 @@ from mlgate.payloads import parse_json
 from mlgate.types import Caller
 
 __all__ = [
-    "ServingRoute",
     "caller_of",
     "json_body",
     "require_admin",
@@ -91,21 +88,3 @@ def version_ref(raw: str | None) -> str | int | None:
             raise InvalidInput("version numbers start at 1")
         return number
     return raw
-
-
-class ServingRoute(Route):
-    """A plain Starlette route that serves a hot path (predict) ahead of FastAPI's routers.
-
-    Inserted first in the app's route list, it is matched before FastAPI walks every
-    included router, and its endpoint (which takes only the ``Request``) runs without
-    FastAPI's per-request machinery (dependency solving, telemetry, exit stacks). The FastAPI
-    route registered for the same path stays, for the OpenAPI docs. Errors reach the same
-    exception handlers; like FastAPI's routes it records itself in ``scope["route"]``, which
-    labels the HTTP metrics.
-    """
-
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        match, child_scope = super().matches(scope)
-        if match is not Match.NONE:
-            child_scope["route"] = self
-        return match, child_scope

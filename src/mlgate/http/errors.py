@@ -14,7 +14,7 @@ from mlgate.errors import MlgateError
 from mlgate.http.gateway import GatewayRejected
 from mlgate.http.jsonio import JSONResponse
 
-__all__ = ["error_response", "install_error_handlers"]
+__all__ = ["error_response", "install_error_handlers", "response_for"]
 
 log = logging.getLogger("mlgate.http")
 
@@ -25,6 +25,20 @@ def error_response(exc: MlgateError) -> JSONResponse:
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return JSONResponse({"error": exc.to_dict()}, status_code=exc.status, headers=headers)
+
+
+def response_for(exc: Exception, *, method: str, path: str) -> Response:
+    """The answer for an exception raised on the edge's hot path: what the handlers below give."""
+    if isinstance(exc, GatewayRejected):
+        return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
+    if isinstance(exc, MlgateError):
+        return error_response(exc)
+    log.exception("unhandled error on %s %s", method, path, exc_info=exc)
+    return _internal()
+
+
+def _internal() -> JSONResponse:
+    return JSONResponse({"error": {"code": "internal", "message": "internal server error"}}, status_code=500)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -55,9 +69,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse(
-            {"error": {"code": "internal", "message": "internal server error"}}, status_code=500
-        )
+        return _internal()
 
     async def on_rejected(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayRejected)

@@ -1,5 +1,10 @@
-"""The edge middleware (pure ASGI, one layer): request id, body size limit, load shedding,
-metrics, access log.
+"""The edge (pure ASGI, the outermost layer): load shedding, request id, body size limit,
+metrics, access log — and the predict routes' hot path.
+
+The edge wraps the whole FastAPI app (:class:`mlgate.http.app.MlgateApp` calls it first). A
+request for a predict route (:class:`~mlgate.http.deps.ServingRoutes`) is served here, its
+endpoint called directly and its errors rendered as the app's handlers render them; every
+other request goes on to FastAPI.
 
 Load shedding: past ``max_inflight`` requests in this process, a request is answered 503 +
 ``Retry-After`` at once instead of joining a queue that only grows under overload (where
@@ -9,7 +14,9 @@ protects: it is counted (``mlgate_http_requests{route="(shed)"}``) and summarise
 warning per 10 s, not written to the access log line by line. Health, readiness and
 metrics are never shed.
 
-Pure ASGI rather than BaseHTTPMiddleware: no extra task or stream copy per request.
+Load shedding runs first of all, before a request id or anything else is made, so a refusal
+costs little more than uvicorn's own parsing of the request. Pure ASGI rather than
+BaseHTTPMiddleware: no extra task or stream copy per request.
 Handlers report the model/version they served in ``request.state`` (``scope["state"]``),
 which this layer reads back for the access log.
 """
@@ -24,33 +31,47 @@ import time
 from typing import Any
 
 import orjson
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlgate.errors import Overloaded, PayloadTooLarge
+from mlgate.http.errors import response_for
+from mlgate.http.serving import ServingRoutes
 from mlgate.telemetry.access_log import AccessLog, AccessRecord
 from mlgate.telemetry.metrics import Metrics
 
-__all__ = ["EdgeMiddleware"]
+__all__ = ["Edge"]
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 #: Never shed: probes must see the truth under load.
 _NOT_SHED = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
 _SHED_BODY = orjson.dumps({"error": Overloaded("server is at capacity; retry shortly").to_dict()})
-_SHED_HEADERS = (
-    (b"content-type", b"application/json"),
-    (b"content-length", str(len(_SHED_BODY)).encode()),
-    (b"retry-after", b"1"),
-)
+_SHED_START: Message = {
+    "type": "http.response.start",
+    "status": 503,
+    "headers": [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(_SHED_BODY)).encode()),
+        (b"retry-after", b"1"),
+    ],
+}
+_SHED_END: Message = {"type": "http.response.body", "body": _SHED_BODY}
 _SHED_WARN_EVERY_S = 10.0
 _MAX_LABEL_SETS = 1024
 log = logging.getLogger("mlgate.http")
 
 
-class EdgeMiddleware:
+class Edge:
+    """The outermost layer: ``app`` is the rest of the application (FastAPI's stack); ``owner``
+    is the application object routes see as ``request.app`` (``scope["app"]``)."""
+
     def __init__(
         self,
         app: ASGIApp,
         *,
+        owner: Any,
+        serving: ServingRoutes | None = None,
+        bypass_cross_origin: bool = False,
         max_body_bytes: int,
         metrics: Metrics,
         access_log: AccessLog,
@@ -59,6 +80,10 @@ class EdgeMiddleware:
         usage_sync: bool = False,
     ) -> None:
         self.app = app
+        self.owner = owner
+        self.serving = serving or ServingRoutes()
+        # With CORS configured, cross-origin requests need FastAPI's CORS middleware.
+        self.bypass_cross_origin = bypass_cross_origin
         self.usage_sync = usage_sync
         self.max_inflight = max_inflight
         self.inflight = 0
@@ -70,16 +95,20 @@ class EdgeMiddleware:
         self.access_log = access_log
         # (route, method, status) -> the two metric children: resolved once, not per request
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._shed_counters: dict[str, Any] = {}
+        self._shed_raw: tuple[list[tuple[bytes, bytes]], bool, bytes] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         if 0 < self.max_inflight <= self.inflight and scope["path"] not in _NOT_SHED:
-            await self._shed_request(scope, send)
+            self.count_shed(scope["method"])
+            await send(_SHED_START)
+            await send(_SHED_END)
             return
         started = time.perf_counter()
-        request_id = _request_id(scope)
+        request_id, cross_origin, content_length = _scan_headers(scope)
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500
@@ -92,7 +121,7 @@ class EdgeMiddleware:
                 status = message["status"]
                 if self.usage_sync and state.get("admission") is not None:
                     # Usage durable before the client sees the answer (group commit).
-                    server = scope["app"].state.server
+                    server = self.owner.state.server
                     server.gate.record(state.pop("admission"), outcome="ok" if status < 400 else "error")
                     await server.usage.wait_flushed()
                 headers = list(message.get("headers", []))
@@ -114,8 +143,18 @@ class EdgeMiddleware:
 
         self.inflight += 1
         try:
-            if _content_length(scope) > limit:
+            if content_length > limit:
                 await self._send_413(send_wrapper, limit)
+            elif (served := self._match(scope, cross_origin)) is not None:
+                route, params = served
+                scope["app"] = self.owner
+                scope["route"] = route
+                scope["path_params"] = params
+                try:
+                    response = await route.endpoint(Request(scope, receive_wrapper))
+                except Exception as exc:
+                    response = response_for(exc, method=scope["method"], path=scope["path"])
+                await response(scope, receive_wrapper, send_wrapper)
             else:
                 await self.app(scope, receive_wrapper, send_wrapper)
         finally:
@@ -125,7 +164,7 @@ class EdgeMiddleware:
             if admission is not None:
                 # Durable usage, batched by the recorder: no I/O here.
                 outcome = "ok" if status < 400 else "error"
-                scope["app"].state.server.gate.record(admission, outcome=outcome)
+                self.owner.state.server.gate.record(admission, outcome=outcome)
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
             key = (template, scope["method"], status)
@@ -169,9 +208,42 @@ class EdgeMiddleware:
         )
         await send({"type": "http.response.body", "body": body})
 
-    async def _shed_request(self, scope: Scope, send: Send) -> None:
-        """503 + Retry-After without reading the body, logging a line or running the app."""
-        self.metrics.http_requests.labels("(shed)", scope["method"], "503").inc()
+    def _match(self, scope: Scope, cross_origin: bool) -> Any:
+        if scope.get("root_path") or (cross_origin and self.bypass_cross_origin):
+            return None
+        return self.serving.match(scope["method"], scope["path"])
+
+    # -- load shedding (also used by mlgate.http.protocol, before a request reaches ASGI) --
+
+    def at_capacity(self) -> bool:
+        return 0 < self.max_inflight <= self.inflight
+
+    @staticmethod
+    def sheds(path: str) -> bool:
+        return path not in _NOT_SHED
+
+    def shed_response(self, default_headers: list[tuple[bytes, bytes]], keep_alive: bool) -> bytes:
+        """The shed answer as raw HTTP/1.1 bytes, with the server's default headers (date)."""
+        cached = self._shed_raw
+        if cached is not None and cached[0] is default_headers and cached[1] == keep_alive:
+            return cached[2]
+        lines = [b"HTTP/1.1 503 Service Unavailable\r\n"]
+        lines.extend(b"%s: %s\r\n" % (name, value) for name, value in default_headers)
+        lines.extend(b"%s: %s\r\n" % (name, value) for name, value in _SHED_START["headers"])
+        if not keep_alive:
+            lines.append(b"connection: close\r\n")
+        raw = b"".join(lines) + b"\r\n" + _SHED_BODY
+        self._shed_raw = (default_headers, keep_alive, raw)
+        return raw
+
+    def count_shed(self, method: str) -> None:
+        """A shed request (503 + Retry-After, body unread, app not run): counted, not logged."""
+        counter = self._shed_counters.get(method)
+        if counter is None:
+            counter = self.metrics.http_requests.labels("(shed)", method, "503")
+            if len(self._shed_counters) < _MAX_LABEL_SETS:  # methods are client-chosen: bounded
+                self._shed_counters[method] = counter
+        counter.inc()
         self._shed += 1
         now = time.monotonic()
         if now - self._shed_warned >= _SHED_WARN_EVERY_S:
@@ -182,8 +254,6 @@ class EdgeMiddleware:
                 self.max_inflight,
             )
             self._shed, self._shed_warned = 0, now
-        await send({"type": "http.response.start", "status": 503, "headers": list(_SHED_HEADERS)})
-        await send({"type": "http.response.body", "body": _SHED_BODY})
 
 
 # Generated request ids: 128 random bits as 32 hex digits, like ``uuid4().hex``, but from a
@@ -194,24 +264,25 @@ _ids = random.Random(os.urandom(32))
 os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 
 
-def _request_id(scope: Scope) -> str:
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            candidate: str = value.decode("latin-1")
-            if _REQUEST_ID.match(candidate):
-                return candidate
-            break
-    return f"{_ids.getrandbits(128):032x}"
-
-
-def _content_length(scope: Scope) -> int:
+def _scan_headers(scope: Scope) -> tuple[str, bool, int]:
+    """One pass over the headers: (request id, cross-origin?, declared content length)."""
+    request_id = ""
+    cross_origin = False
+    length = 0
     for name, value in scope["headers"]:
         if name == b"content-length":
             try:
-                return int(value)
+                length = int(value)
             except ValueError:
-                return 0
-    return 0
+                length = 0
+        elif name == b"x-request-id" and not request_id:
+            candidate = value.decode("latin-1")
+            request_id = candidate if _REQUEST_ID.match(candidate) else "-"
+        elif name == b"origin":
+            cross_origin = True
+    if not request_id or request_id == "-":
+        request_id = f"{_ids.getrandbits(128):032x}"
+    return request_id, cross_origin, length
 
 
 def _url(scope: Scope) -> str:

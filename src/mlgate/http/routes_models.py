@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 
 from mlgate.errors import InvalidInput, MlgateError
-from mlgate.http.deps import ServingRoute, json_body, server_of, version_ref
+from mlgate.http.deps import json_body, server_of, version_ref
 from mlgate.http.gateway import admit, authenticate
 from mlgate.http.jsonio import JSONResponse
+from mlgate.http.serving import ServingRoutes
 from mlgate.payloads import read_body
 from mlgate.types import ModelInfo, VersionInfo
 
@@ -160,8 +161,7 @@ async def _serve_predict(request: Request) -> JSONResponse:
     return await _predict(request, params["name"], version_ref(ref))
 
 
-def install_serving_routes(app: FastAPI) -> None:
-    """Serve the predict routes from :class:`ServingRoute`s placed first (the routes above stay for
-    the OpenAPI docs): same endpoint, without FastAPI's routing and per-request machinery."""
+def install_serving_routes(serving: ServingRoutes) -> None:
+    """The predict routes on the edge's hot path (the routes above stay for the OpenAPI docs)."""
     for path in ("/v1/models/{name}/predict", "/v1/models/{name}/versions/{version}/predict"):
-        app.router.routes.insert(0, ServingRoute(path, _serve_predict, methods=["POST"]))
+        serving.add(path, _serve_predict)

@@ -8,10 +8,10 @@ a wrong count is 400 ``Se requieren exactamente 60 valores de temperatura``.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from mlgate.errors import InvalidInput
@@ -26,6 +26,7 @@ WRONG_COUNT = f"Se requieren exactamente {WINDOW} valores de temperatura"
 NOT_NUMBERS = "Todos los valores de temperatura deben ser números finitos (sin NaN ni infinitos)"
 #: Beyond any temperature measured on Earth: a unit or sensor error, not a forecastable reading.
 PLAUSIBLE_C = 100.0
+_NUMBER_TYPES = frozenset({int, float})
 OUT_OF_RANGE = f"Las temperaturas deben estar entre -{PLAUSIBLE_C:g} y {PLAUSIBLE_C:g} °C"
 
 
@@ -45,21 +46,27 @@ def _unwrap(payload: Any) -> Any:
 class TemperatureProcessor:
     """60 hourly temperatures in; ``{"prediccion", "unidad"}`` out."""
 
-    def decode(self, payload: Any) -> list[float]:
+    def decode(self, payload: Any) -> np.ndarray:
+        """The 60 readings as one float64 row, checked once (the runtime takes the array as is)."""
         payload = _unwrap(payload)
         if not isinstance(payload, dict) or "temperaturas" not in payload:
             raise InvalidInput(f'se espera {{"temperaturas": [{WINDOW} números]}}')
         values = payload["temperaturas"]
         if not isinstance(values, list) or len(values) != WINDOW:
             raise InvalidInput(WRONG_COUNT)
-        out: list[float] = []
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise InvalidInput(NOT_NUMBERS)
-            if abs(v) > PLAUSIBLE_C:
-                raise InvalidInput(OUT_OF_RANGE)
-            out.append(float(v))
-        return out
+        # Vectorised: one C pass per check instead of a Python loop over 60 values (~40 µs).
+        # Exact types: numpy would read True as 1.0 and "1.5" as 1.5.
+        if not _NUMBER_TYPES.issuperset(map(type, values)):
+            raise InvalidInput(NOT_NUMBERS)
+        try:
+            row = np.array(values, dtype=np.float64)
+        except OverflowError:
+            raise InvalidInput(NOT_NUMBERS) from None
+        if not np.isfinite(row).all():
+            raise InvalidInput(NOT_NUMBERS)
+        if np.abs(row).max() > PLAUSIBLE_C:
+            raise InvalidInput(OUT_OF_RANGE)
+        return row
 
     def encode(self, output: Any) -> dict[str, Any]:
         value = output[0] if isinstance(output, list) else output
