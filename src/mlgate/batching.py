@@ -92,7 +92,10 @@ class Batcher:
         # yet dispatched drops it and one already running keeps its slot until it ends.
         timer = loop.call_later(timeout, _expire, future, timeout)
         try:
-            return await asyncio.shield(future)
+            # Awaited directly: if this caller is cancelled (client gone), the future is
+            # cancelled with it, which the collector and _deliver already treat as "skip this
+            # item"; a batch already running keeps its slot until it really ends.
+            return await future
         finally:
             timer.cancel()
 

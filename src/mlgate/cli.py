@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 
-import httpx
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-from rich.table import Table
 
 from mlgate.settings import export_environ, load_settings
+
+if TYPE_CHECKING:
+    import httpx
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
 
 app = typer.Typer(
     help="mlgate: machine-learning models as secure, metered, monitored HTTP APIs.", no_args_is_help=True
@@ -29,8 +31,35 @@ plans_app = typer.Typer(help="Usage plans: rate, burst and quota.", no_args_is_h
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
 app.add_typer(plans_app, name="plans")
-console = Console()
-err = Console(stderr=True)
+
+
+class _LazyConsole:
+    """A Rich console created on first use: `mlgate serve` never prints through one, and
+    importing Rich costs ~60 ms of every server start."""
+
+    def __init__(self, *, stderr: bool = False) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def real(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real(), name)
+
+
+def _table(*columns: str) -> Table:
+    from rich.table import Table
+
+    return Table(*columns)
+
+
+console = _LazyConsole()
+err = _LazyConsole(stderr=True)
 
 Url = Annotated[str, typer.Option("--url", envvar="MLGATE_URL", help="server base URL")]
 ApiKeyOpt = Annotated[
@@ -39,6 +68,8 @@ ApiKeyOpt = Annotated[
 
 
 def _client(url: str, api_key: str | None, timeout: float = 120.0) -> httpx.Client:
+    import httpx  # client commands only: `mlgate serve` never loads it
+
     headers = {"x-api-key": api_key} if api_key else {}
     return httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
 
@@ -133,7 +164,7 @@ def models_list(url: Url = "http://127.0.0.1:8000", api_key: ApiKeyOpt = None) -
     """List models, their aliases and loaded versions."""
     with _client(url, api_key) as client:
         body = _check(client.get("/v1/models"))
-    table = Table("model", "latest", "aliases", "loaded")
+    table = _table("model", "latest", "aliases", "loaded")
     for m in body["models"]:
         aliases = ", ".join(f"{a}→{v}" for a, v in sorted(m["aliases"].items()))
         table.add_row(m["name"], str(m["latest_version"]), aliases, ", ".join(map(str, m["loaded_versions"])))
@@ -185,13 +216,15 @@ def models_push(
     root = path.parent if path.is_file() else path
     total = sum(p.stat().st_size for p in files)
     handles = [p.open("rb") for p in files]
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
     try:
         with Progress(
             "[progress.description]{task.description}",
             BarColumn(),
             DownloadColumn(),
             TransferSpeedColumn(),
-            console=err,
+            console=err.real(),
         ) as progress:
             task = progress.add_task(f"uploading {name}", total=total)
             parts = [
@@ -250,7 +283,7 @@ def predict(
 
 
 def _print_keys(keys: list[dict[str, Any]]) -> None:
-    table = Table("id", "name", "role", "owner", "expires", "disabled")
+    table = _table("id", "name", "role", "owner", "expires", "disabled")
     for k in keys:
         table.add_row(
             k["id"], k["name"], k["role"], k["owner"] or "", k["expires_at"] or "", str(k["disabled"])
@@ -351,7 +384,7 @@ def plans_usage(
     params = {k: v for k, v in {"key_id": key_id, "since": since, "until": until}.items() if v}
     with _client(url, api_key) as client:
         rows = _check(client.get("/v1/usage", params=params))["usage"]
-    table = Table("key", "day", "scope", "requests", "throttled", "errors")
+    table = _table("key", "day", "scope", "requests", "throttled", "errors")
     for r in rows:
         table.add_row(
             r["key_id"], r["day"], r["scope"], str(r["requests"]), str(r["throttled"]), str(r["errors"])
@@ -377,7 +410,7 @@ def _read_json_file(path: Path, what: str) -> Any:
 
 
 def _print_executions(rows: list[dict[str, Any]]) -> None:
-    table = Table("execution", "workflow", "status", "error", "started", "stopped")
+    table = _table("execution", "workflow", "status", "error", "started", "stopped")
     for e in rows:
         stopped = e["stopDate"] or ""
         table.add_row(e["executionId"], e["workflow"], e["status"], e["error"] or "", e["startDate"], stopped)
@@ -460,7 +493,7 @@ def workflows_list(
     with _client(url, api_key) as client:
         if deployed:
             rows = _check(client.get("/v1/workflows"))["workflows"]
-            table = Table("workflow", "revision", "updated", "description")
+            table = _table("workflow", "revision", "updated", "description")
             for w in rows:
                 table.add_row(w["name"], str(w["revision"]), w["updatedAt"], w["description"])
             console.print(table)
@@ -513,7 +546,13 @@ def workflows_export(
 def main() -> None:
     try:
         app()
-    except httpx.TransportError as exc:
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] != "httpx":
+            raise
+        import httpx
+
+        if not isinstance(exc, httpx.TransportError):
+            raise
         try:
             url: object = exc.request.url
         except RuntimeError:  # no request attached

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mlgate.store import ArtifactStore, FileArtifactStore, S3ArtifactStore
+from mlgate.store import ArtifactStore, FileArtifactStore
+from mlgate.store.s3 import S3ArtifactStore
 from tests.conftest import MotoServer
 
 __all__ = ["MOTO_BUCKET", "S3_PAGE_SIZE", "MotoServer"]

@@ -18,9 +18,9 @@ import redis
 from mlgate.access.limiter import (
     LimiterStorage,
     MemoryLimiterStorage,
-    RedisLimiterStorage,
     SqlLimiterStorage,
 )
+from mlgate.access.limiter_redis import RedisLimiterStorage
 from mlgate.access.limiter_storage import take_tokens, whole_tokens
 from mlgate.errors import InvalidInput
 from mlgate.repository import Repository

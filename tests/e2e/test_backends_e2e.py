@@ -19,6 +19,7 @@ import pytest
 import skops.io as sio
 from sklearn.linear_model import LinearRegression
 
+from mlgate_services.temperatura.service import service as temperatura_service
 from tests.conftest import MotoServer
 from tests.server_process import ADMIN_KEY, ServerProcess, run_server
 from tests.services import POSTGRES_URL, postgres_schema
@@ -162,15 +163,17 @@ def test_state_lives_in_postgres_and_the_bucket(
     deployment: Deployment, client: httpx.Client, moto_server: MotoServer, bucket: str
 ) -> None:
     # Every file of the bundled artifact is a content-addressed blob in the bucket, byte for byte.
-    expected = {p.name: _sha256(p) for p in ARTIFACT_DIR.iterdir() if p.is_file()}
-    assert "model.skops" in expected
+    bundled = temperatura_service().models[0]
+    assert bundled.files is not None
+    expected = {name: _sha256(ARTIFACT_DIR / name) for name in bundled.files}
+    assert "model.onnx" in expected
     keys = _bucket_keys(moto_server, bucket, f"{STORE_PREFIX}/blobs/sha256/")
     for digest in expected.values():
         assert f"{STORE_PREFIX}/blobs/sha256/{digest}" in keys
     s3 = moto_server.client()
     try:
-        body = s3.get_object(Bucket=bucket, Key=f"{STORE_PREFIX}/blobs/sha256/{expected['model.skops']}")
-        assert hashlib.sha256(body["Body"].read()).hexdigest() == expected["model.skops"]
+        body = s3.get_object(Bucket=bucket, Key=f"{STORE_PREFIX}/blobs/sha256/{expected['model.onnx']}")
+        assert hashlib.sha256(body["Body"].read()).hexdigest() == expected["model.onnx"]
     finally:
         s3.close()
 
@@ -241,8 +244,8 @@ def test_restart_on_same_postgres_and_s3_keeps_everything(
         assert staged["model_version"] == 2
         assert staged["outputs"] == pytest.approx(6.0)
     # The new process fetched the bundled files from the bucket into its own (fresh) cache.
-    cached = list((server.data_dir / "cache" / "temperatura").glob("1-*/model.skops"))
-    assert [_sha256(p) for p in cached] == [_sha256(REFERENCE_MODEL)]
+    cached = list((server.data_dir / "cache" / "temperatura").glob("1-*/model.onnx"))
+    assert [_sha256(p) for p in cached] == [_sha256(ARTIFACT_DIR / "model.onnx")]
 
 
 # -- a model declared by URI alone (the original serverless configuration) ---------------------

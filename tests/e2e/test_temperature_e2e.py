@@ -126,7 +126,7 @@ def test_v2_health_and_metadata(client: httpx.Client) -> None:
     assert client.get("/v2").json()["name"] == "mlgate"
     meta = client.get("/v2/models/temperatura").json()
     assert meta["name"] == "temperatura"
-    assert meta["platform"] == "sklearn"
+    assert meta["platform"] == "onnx"
     assert client.get("/v2/models/temperatura/versions/1/ready").json() == {
         "name": "temperatura",
         "ready": True,

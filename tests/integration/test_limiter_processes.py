@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 import redis
 
-from mlgate.access.limiter import LimiterStorage, RedisLimiterStorage, SqlLimiterStorage
+from mlgate.access.limiter import LimiterStorage, SqlLimiterStorage
+from mlgate.access.limiter_redis import RedisLimiterStorage
 from mlgate.db.engine import create_engine_for
 from mlgate.repository import Repository
 from tests.services import REDIS_URL, missing_service

@@ -306,3 +306,30 @@ def test_stop_fails_queued_requests_with_overloaded_and_lets_running_work_finish
 
     run(scenario())
     assert predict.batches == [[1]]
+
+
+def test_cancelled_callers_are_skipped_and_the_running_batch_keeps_its_slot() -> None:
+    """A caller that goes away (client disconnect): queued, its item is dropped from the next
+    batch; running, its batch still holds the slot until it ends; later callers are served."""
+    gate = threading.Event()
+    predict = FakePredict(gate=gate)
+
+    async def scenario() -> None:
+        async with started(predict, max_wait_ms=0, max_concurrency=1) as batcher:
+            running = submit(batcher, 1)
+            await wait_until(lambda: predict.running == 1)
+            queued = submit(batcher, 2)
+            await wait_until(lambda: batcher.queue_depth == 1)
+            running.cancel()
+            queued.cancel()
+            await settle()
+            assert batcher.in_flight == 1  # the cancelled caller did not free the slot early
+            later = submit(batcher, 3)
+            gate.set()
+            assert await later == 6
+            for task in (running, queued):
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+
+    run(scenario())
+    assert predict.batches == [[1], [3]]  # the cancelled queued item never ran

@@ -173,3 +173,25 @@ def test_postgresql_engine_uses_psycopg3_with_pre_ping() -> None:
 def test_unsupported_urls_rejected(url: str) -> None:
     with pytest.raises(ConfigurationError):
         create_engine_for(url)
+
+
+def test_head_revision_constant_is_alembics_head() -> None:
+    from alembic.script import ScriptDirectory
+
+    from mlgate.db.migrate import HEAD_REVISION, alembic_config
+
+    assert ScriptDirectory.from_config(alembic_config()).get_current_head() == HEAD_REVISION
+
+
+def test_a_database_at_head_is_not_migrated_again(tmp_path: Path) -> None:
+    from mlgate.db.migrate import HEAD_REVISION, current_revision, upgrade
+
+    engine = create_engine_for(f"sqlite:///{tmp_path / 'r.db'}")
+    try:
+        assert current_revision(engine) is None
+        upgrade(engine)
+        assert current_revision(engine) == HEAD_REVISION
+        upgrade(engine)  # at head: returns without running Alembic
+        assert current_revision(engine) == HEAD_REVISION
+    finally:
+        engine.dispose()

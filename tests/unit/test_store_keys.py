@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from mlgate.errors import ConfigurationError, InvalidInput, ObjectNotFound
-from mlgate.store import FileArtifactStore, S3ArtifactStore, open_store, split_uri, validate_key
+from mlgate.store import FileArtifactStore, open_store, split_uri, validate_key
+from mlgate.store.s3 import S3ArtifactStore
 
 TRAVERSALS = [
     "",

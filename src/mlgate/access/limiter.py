@@ -39,7 +39,6 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine
 
 from mlgate.access.limiter_memory import MemoryLimiterStorage
-from mlgate.access.limiter_redis import RedisLimiterStorage
 from mlgate.access.limiter_sql import SqlLimiterStorage
 from mlgate.access.limiter_storage import Decision, LimiterStorage, QuotaDecision
 from mlgate.errors import ConfigurationError, InvalidInput, LimiterUnavailable
@@ -52,7 +51,6 @@ __all__ = [
     "LimiterStorage",
     "MemoryLimiterStorage",
     "QuotaDecision",
-    "RedisLimiterStorage",
     "SqlLimiterStorage",
     "open_limiter_storage",
     "quota_window",
@@ -153,6 +151,8 @@ def open_limiter_storage(
             raise ConfigurationError("the 'database' limiter needs the registry database engine")
         return SqlLimiterStorage(engine)
     if scheme in ("redis", "rediss", "unix"):
+        from mlgate.access.limiter_redis import RedisLimiterStorage  # redis-py loads only when used
+
         redis = RedisLimiterStorage(url)
         return FailOpenStorage(redis) if redis_down == "open" else redis
     raise ConfigurationError(f"unknown limiter URL {url!r}: use memory://, database or redis://host:port/db")

@@ -28,8 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jwt
-
 from mlgate.access.users import User, UserStore
 from mlgate.errors import ConfigurationError, Unauthorized
 
@@ -273,12 +271,16 @@ class TokenIssuer:
             "jti": uuid.uuid4().hex,
             "typ": "access",
         }
+        import jwt  # PyJWT (and the cryptography it probes) loads with the first token, not at startup
+
         return jwt.encode(claims, self._secret, algorithm=self.ALGORITHM)
 
     def verify(self, token: str) -> dict[str, Any]:
         """The claims of a valid access token; :class:`Unauthorized` for anything else."""
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
             raise Unauthorized(AUTH_FAILED)
+        import jwt
+
         try:
             claims = jwt.decode(
                 token,

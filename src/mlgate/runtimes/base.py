@@ -128,8 +128,10 @@ def numeric_array(payload: Any, *, dtype: Any = np.float64, what: str = "input")
         return array.astype(target, copy=False)
     if kind not in "iuf":
         raise InvalidInput(f"{what} must contain only numbers")
-    if kind == "f" and not np.all(np.isfinite(array)):
+    if kind == "f" and not np.isfinite(array).all():
         raise InvalidInput(f"{what} contains NaN or infinity")
+    if array.dtype == target:
+        return array  # already checked finite, nothing to convert (the common decoded row)
     if target.kind in "iu":
         if kind == "f" and not np.all(array == np.trunc(array)):
             raise InvalidInput(f"{what} must contain whole numbers")

@@ -59,7 +59,7 @@ from mlgate.errors import (
 )
 from mlgate.runtimes.images import sniff_image_format
 from mlgate.settings import S3Settings
-from mlgate.store import ArtifactStore, FileArtifactStore, S3ArtifactStore, open_store
+from mlgate.store import ArtifactStore, FileArtifactStore, is_s3, open_store
 from mlgate.workflows.engine import TaskCall, TaskFailure, TaskInvoker
 from mlgate.workflows.export import iter_states
 from mlgate.workflows.mapping import (
@@ -134,7 +134,7 @@ class DataBuckets:
         """The store holding ``bucket``; TaskFailure for bad names and the model prefix."""
         if not isinstance(bucket, str) or not _BUCKET.match(bucket) or ".." in bucket:
             raise TaskFailure("Store.InvalidBucket", f"{bucket!r} is not a valid bucket name")
-        if isinstance(self.store, S3ArtifactStore):
+        if is_s3(self.store):
             own = self.store.prefix
             if bucket == self.store.bucket and (not own or key == own or key.startswith(own + "/")):
                 raise TaskFailure(
@@ -158,8 +158,8 @@ class DataBuckets:
             if not folder.is_dir():
                 raise TaskFailure("Store.NoSuchBucket", f"no bucket {bucket!r} (no folder {folder})")
             return FileArtifactStore(folder)
-        if isinstance(self.store, S3ArtifactStore):
-            return S3ArtifactStore(bucket, "", s3=self.s3)
+        if is_s3(self.store):
+            return open_store(f"s3://{bucket}", s3=self.s3)
         raise TaskFailure("Store.Error", f"the store {self.store.url} cannot serve buckets")
 
     def forget(self, bucket: str) -> None:

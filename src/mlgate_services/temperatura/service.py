@@ -94,8 +94,10 @@ def _manifest() -> Manifest:
     metrics = json.loads((ARTIFACT_DIR / "metrics.json").read_text())
     baseline = json.loads((ARTIFACT_DIR / "baseline.json").read_text())
     return Manifest(
-        runtime="sklearn",
-        artifact="model.skops",
+        # The trained Ridge pipeline (model.skops) folded into one float64 linear ONNX graph by the
+        # recipe: serving needs no scikit-learn/SciPy import (see MODEL_CARD.md).
+        runtime="onnx",
+        artifact="model.onnx",
         description="Next-hour temperature from the last 60 hourly readings (Ridge; see MODEL_CARD.md).",
         input_schema={"type": "array", "items": {"type": "number"}, "minItems": WINDOW, "maxItems": WINDOW},
         output_schema={"type": "number", "unit": "Celsius"},
@@ -113,6 +115,7 @@ def service() -> Service:
             BundledModel(
                 name=MODEL,
                 artifact_dir=ARTIFACT_DIR,
+                files=("model.onnx", "metrics.json", "baseline.json"),
                 manifest=_manifest(),
                 description="Temperature forecast: next hour from 60 hourly readings (°C)",
             ),

@@ -22,11 +22,11 @@ from mlgate.access.limiter import (
     FailOpenStorage,
     MemoryLimiterStorage,
     QuotaDecision,
-    RedisLimiterStorage,
     SqlLimiterStorage,
     open_limiter_storage,
     quota_window,
 )
+from mlgate.access.limiter_redis import RedisLimiterStorage
 from mlgate.errors import ConfigurationError, InvalidInput, LimiterUnavailable
 
 T0 = 1_750_000_000.0

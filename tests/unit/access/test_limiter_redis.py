@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from mlgate.access import limiter_redis
-from mlgate.access.limiter import RedisLimiterStorage
+from mlgate.access.limiter_redis import RedisLimiterStorage
 from tests.services import REDIS_URL, missing_service
 
 T0 = 1_750_000_000.0

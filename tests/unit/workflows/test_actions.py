@@ -19,7 +19,8 @@ from mlgate.errors import InvalidInput
 from mlgate.registration import Registrar
 from mlgate.repository import Repository
 from mlgate.settings import LogSettings, Settings
-from mlgate.store import FileArtifactStore, S3ArtifactStore
+from mlgate.store import FileArtifactStore
+from mlgate.store.s3 import S3ArtifactStore
 from mlgate.telemetry.metrics import Metrics
 from mlgate.types import Manifest
 from mlgate.workflows.actions import Actions, ChildOutcome, DataBuckets

@@ -19,25 +19,20 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeGuard
 from urllib.parse import unquote, urlsplit
 
-import boto3
-from boto3.exceptions import Boto3Error
-from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
-
-from mlgate.errors import ConfigurationError, InvalidInput, MlgateError, ObjectNotFound, StoreError
+from mlgate.errors import ConfigurationError, InvalidInput, ObjectNotFound, StoreError
 from mlgate.settings import S3Settings
 
 if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
+    from mlgate.store.s3 import S3ArtifactStore
 
 __all__ = [
     "ArtifactStore",
     "FileArtifactStore",
     "S3ArtifactStore",
+    "is_s3",
     "open_store",
     "split_uri",
     "validate_key",
@@ -206,122 +201,18 @@ class FileArtifactStore:
             raise StoreError(f"cannot delete {key!r} in {self.url}: {exc.strerror}") from exc
 
 
-def _s3_client(s3: S3Settings | None) -> S3Client:
-    cfg = s3 or S3Settings()
-    if (cfg.access_key_id is None) != (cfg.secret_access_key is None):
-        raise ConfigurationError("S3 access_key_id and secret_access_key must be set together")
-    session = boto3.session.Session(
-        aws_access_key_id=cfg.access_key_id,
-        aws_secret_access_key=cfg.secret_access_key,
-        region_name=cfg.region,
-    )
-    # S3-compatible servers (MinIO, moto) rarely resolve virtual-host bucket names.
-    config = Config(
-        retries={"max_attempts": 3, "mode": "standard"},
-        s3={"addressing_style": "path" if cfg.endpoint_url else "auto"},
-    )
-    return session.client("s3", endpoint_url=cfg.endpoint_url, config=config)
+def is_s3(store: ArtifactStore) -> TypeGuard[S3ArtifactStore]:
+    """Whether ``store`` is an S3 bucket (without importing boto3 when it cannot be)."""
+    return store.url.startswith("s3://")
 
 
-class S3ArtifactStore:
-    """Objects in an S3 (or S3-compatible) bucket under an optional key prefix."""
+def __getattr__(name: str) -> object:
+    # ``mlgate.store.S3ArtifactStore`` stays importable; boto3 loads on first use only.
+    if name == "S3ArtifactStore":
+        from mlgate.store.s3 import S3ArtifactStore
 
-    def __init__(
-        self,
-        bucket: str,
-        prefix: str = "",
-        *,
-        s3: S3Settings | None = None,
-        client: S3Client | None = None,
-        _page_size: int = 1000,
-    ) -> None:
-        self.bucket = bucket
-        self.prefix = _validate_prefix(prefix.strip("/"))
-        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
-        self._client = client if client is not None else _s3_client(s3)
-        self._transfer = TransferConfig()
-        self._page_size = _page_size
-
-    def _key(self, key: str) -> str:
-        key = validate_key(key)
-        return f"{self.prefix}/{key}" if self.prefix else key
-
-    def _error(self, op: str, key: str, exc: Exception) -> MlgateError:
-        where = f"{self.url}/{key}" if key else self.url
-        if isinstance(exc, ClientError):
-            error = exc.response.get("Error", {})
-            code = str(error.get("Code", ""))
-            if code in _NOT_FOUND_CODES:
-                return ObjectNotFound(f"no object {key!r} in {self.url}")
-            return StoreError(f"S3 {op} of {where} failed: {code} {error.get('Message', '')}".strip())
-        return StoreError(f"S3 {op} of {where} failed: {type(exc).__name__}: {exc}")
-
-    def put_bytes(self, key: str, data: bytes) -> None:
-        full = self._key(key)
-        try:
-            self._client.put_object(Bucket=self.bucket, Key=full, Body=data)
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error("put", key, exc) from exc
-
-    def put_file(self, key: str, path: Path, *, progress: Progress | None = None) -> None:
-        full = self._key(key)
-        try:
-            self._client.upload_file(str(path), self.bucket, full, Callback=progress, Config=self._transfer)
-        except (BotoCoreError, ClientError, Boto3Error, OSError) as exc:
-            raise self._error("upload", key, exc) from exc
-
-    def get_bytes(self, key: str) -> bytes:
-        full = self._key(key)
-        try:
-            return self._client.get_object(Bucket=self.bucket, Key=full)["Body"].read()
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error("get", key, exc) from exc
-
-    def download(self, key: str, dest: Path, *, progress: Progress | None = None) -> None:
-        full = self._key(key)
-        try:
-            with _atomic_target(dest) as tmp:
-                self._client.download_file(
-                    self.bucket, full, str(tmp), Callback=progress, Config=self._transfer
-                )
-        except (BotoCoreError, ClientError, Boto3Error, OSError) as exc:
-            raise self._error("download", key, exc) from exc
-
-    def exists(self, key: str) -> bool:
-        try:
-            self.size(key)
-        except ObjectNotFound:
-            return False
-        return True
-
-    def size(self, key: str) -> int:
-        full = self._key(key)
-        try:
-            return self._client.head_object(Bucket=self.bucket, Key=full)["ContentLength"]
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error("head", key, exc) from exc
-
-    def list(self, prefix: str = "") -> list[str]:
-        _validate_prefix(prefix)
-        base = f"{self.prefix}/" if self.prefix else ""
-        paginator = self._client.get_paginator("list_objects_v2")
-        pages = paginator.paginate(
-            Bucket=self.bucket, Prefix=base + prefix, PaginationConfig={"PageSize": self._page_size}
-        )
-        keys: list[str] = []
-        try:
-            for page in pages:
-                keys.extend(obj["Key"][len(base) :] for obj in page.get("Contents", []))
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error("list", prefix, exc) from exc
-        return sorted(k for k in keys if k and not k.endswith("/"))
-
-    def delete(self, key: str) -> None:
-        full = self._key(key)
-        try:
-            self._client.delete_object(Bucket=self.bucket, Key=full)
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error("delete", key, exc) from exc
+        return S3ArtifactStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_store(url: str, *, s3: S3Settings | None = None) -> ArtifactStore:
@@ -337,6 +228,8 @@ def open_store(url: str, *, s3: S3Settings | None = None) -> ArtifactStore:
     if parts.scheme == "s3":
         if not parts.netloc:
             raise ConfigurationError(f"S3 store URL {url!r} has no bucket")
+        from mlgate.store.s3 import S3ArtifactStore  # boto3 is imported only for S3 stores
+
         try:
             return S3ArtifactStore(parts.netloc, parts.path.strip("/"), s3=s3)
         except InvalidInput as exc:
