@@ -40,6 +40,7 @@ BENCH = ROOT / "bench"
 PY = sys.executable
 MLGATE = str(Path(PY).parent / "mlgate")
 MODEL = ROOT / "src" / "mlgate_services" / "temperatura" / "artifact" / "model.skops"
+ONNX_MODEL = MODEL.with_name("model.onnx")
 IMAGES = BENCH / ".envs" / "images" / "photos"
 IMAGE = IMAGES / "person_640x480.jpg"
 ADMIN_KEY = "mlg_benchadm_" + "b" * 40
@@ -401,6 +402,18 @@ def model_cold_start() -> float:
     return time.perf_counter() - started
 
 
+def onnx_cold_start() -> float:
+    """The floor under mlgate's W1 cold start: a fresh interpreter imports onnxruntime, loads the
+    served export (model.onnx) and predicts once (process start → exit)."""
+    code = (
+        f"import numpy as np, onnxruntime as ort; s = ort.InferenceSession({str(ONNX_MODEL)!r}, "
+        "providers=['CPUExecutionProvider']); s.run(None, {'temperaturas': np.zeros((1, 60))})"
+    )
+    started = time.perf_counter()
+    subprocess.run([PY, "-c", code], check=True, timeout=120)
+    return time.perf_counter() - started
+
+
 def serve_points(
     spec: ServerSpec,
     body_file: Path,
@@ -557,6 +570,7 @@ def main() -> int:
             "inprocess": inprocess("temperature", "--seconds", "2", "--body", str(body_file))
         }
         rnd["inprocess"]["model_cold_s"] = model_cold_start()
+        rnd["inprocess"]["onnx_cold_s"] = onnx_cold_start()
         for spec in order:
             results["load"]["samples"].append(loadavg()[0])
             extra = None
