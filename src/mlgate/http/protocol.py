@@ -9,11 +9,17 @@ while the :class:`~mlgate.http.middleware.Edge` is at capacity it writes the sam
 preencoded 503 + ``Retry-After`` answer straight to the socket (keep-alive kept, the body
 skipped by the parser) and counts it; nothing else runs.
 
-It only sheds where uvicorn's own bookkeeping stays valid: no response pending on the
-connection (HTTP pipelining keeps its order), no protocol upgrade, and an app that leads to
-an :class:`Edge` (found once per connection through uvicorn's wrappers, e.g. the proxy
-headers middleware). Anything else takes uvicorn's normal path, where the edge sheds as
-before. ``mlgate serve`` selects it when httptools is installed.
+A request it admits is counted in flight at once (:meth:`Edge.reserve`), not when its ASGI
+task first runs: a burst of requests parsed in one loop iteration would otherwise all pass
+this check and then be refused one by one in ASGI, at twice the cost (measured: 24 µs per
+refusal here, 48 µs in ASGI).
+
+It only acts where uvicorn's own bookkeeping stays valid: no response pending on the
+connection (HTTP pipelining keeps its order; uvicorn queues such a request and starts it
+later), no protocol upgrade, and an app that leads to an :class:`Edge` (found once per
+connection through uvicorn's wrappers, e.g. the proxy headers middleware). Anything else
+takes uvicorn's normal path, where the edge counts and sheds as before. ``mlgate serve``
+selects it when httptools is installed.
 """
 
 from __future__ import annotations
@@ -55,11 +61,13 @@ class SheddingProtocol(HttpToolsProtocol):
         if edge is _UNSET:
             edge = self._edge = _find_edge(self.app)
         if (
-            edge is not None
-            and edge.at_capacity()
-            and (self.cycle is None or self.cycle.response_complete)
-            and not self.parser.should_upgrade()
+            edge is None
+            or not (self.cycle is None or self.cycle.response_complete)  # pipelined: uvicorn queues it
+            or self.parser.should_upgrade()
         ):
+            super().on_headers_complete()
+            return
+        if edge.at_capacity():
             path = httptools.parse_url(self.url).path.decode("latin-1")
             if edge.sheds(path):
                 method = self.parser.get_method().decode("latin-1")
@@ -72,6 +80,9 @@ class SheddingProtocol(HttpToolsProtocol):
                 else:
                     self.transport.close()
                 return
+        # Admitted: its ASGI task starts now (uvicorn's standard case), and the edge counts it in
+        # flight from this moment, so the next request parsed in this same loop iteration sees it.
+        edge.reserve(self.scope)
         super().on_headers_complete()
 
 

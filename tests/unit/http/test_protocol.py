@@ -101,6 +101,7 @@ def test_at_capacity_a_request_is_refused_before_asgi_and_the_connection_stays_u
         await asyncio.wait_for(holder.entered.wait(), 5)
 
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert holder.edge.inflight == 1  # counted once, from parse time (reserved), not twice
         writer.write(_post("/predict", b"x" * 70_000))  # a body that spans several reads
         status, headers, body = await _read_response(reader)
         assert status == 503
@@ -122,6 +123,7 @@ def test_at_capacity_a_request_is_refused_before_asgi_and_the_connection_stays_u
         assert holder.calls == ["/slow", "/healthz", "/predict"]
         shed = holder.metrics.http_requests.labels("(shed)", "POST", "503")._value.get()
         assert shed == 1
+        assert holder.edge.inflight == 0  # every reserved slot was given back
         writer.close()
         slow_w.close()
 
