@@ -2,7 +2,7 @@
 metrics, access log — and the predict routes' hot path.
 
 The edge wraps the whole FastAPI app (:class:`mlgate.http.app.MlgateApp` calls it first). A
-request for a predict route (:class:`~mlgate.http.deps.ServingRoutes`) is served here, its
+request for a predict route (:class:`~mlgate.http.serving.ServingRoutes`) is served here, its
 endpoint called directly and its errors rendered as the app's handlers render them; every
 other request goes on to FastAPI.
 

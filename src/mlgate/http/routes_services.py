@@ -4,7 +4,7 @@ Each keeps its original envelope for answers and errors; the gateway runs first 
 the route's declared auth mode (overridable per path or model in settings).
 
 A predict route is registered twice: as a FastAPI route (for the OpenAPI docs) and in the
-edge's :class:`~mlgate.http.deps.ServingRoutes`, which actually serves it without FastAPI's
+edge's :class:`~mlgate.http.serving.ServingRoutes`, which actually serves it without FastAPI's
 per-request stack.
 """
 
