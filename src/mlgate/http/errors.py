@@ -42,9 +42,9 @@ def _internal() -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    async def on_mlgate(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, MlgateError)
-        return error_response(exc)
+    async def on_error(request: Request, exc: Exception) -> Response:
+        # Gateway refusals, mlgate errors and anything unexpected: the edge's own rendering.
+        return response_for(exc, method=request.method, path=request.url.path)
 
     async def on_validation(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -67,16 +67,8 @@ def install_error_handlers(app: FastAPI) -> None:
             headers=exc.headers,
         )
 
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return _internal()
-
-    async def on_rejected(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, GatewayRejected)
-        return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
-
-    app.add_exception_handler(GatewayRejected, on_rejected)
-    app.add_exception_handler(MlgateError, on_mlgate)
+    app.add_exception_handler(GatewayRejected, on_error)
+    app.add_exception_handler(MlgateError, on_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(HTTPException, on_http)
-    app.add_exception_handler(Exception, on_unexpected)
+    app.add_exception_handler(Exception, on_error)
