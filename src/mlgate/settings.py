@@ -74,11 +74,13 @@ class AuthSettings(BaseModel):
 
 
 class LimiterSettings(BaseModel):
-    """Where usage-plan state lives: one process (memory), the database, or Redis."""
+    """Where usage-plan state lives: this machine (a shared file), one process, the database, or Redis."""
 
     url: str = Field(
-        default="memory://",
-        description="memory:// (one process), database (the registry DB), or redis://host:port/db",
+        default="local",
+        description="local (a memory-mapped file in the data dir, shared by this machine's server "
+        "processes, kept across restarts; local:///path for another file), memory:// (one process, "
+        "reset on restart), database (the registry DB: several machines), or redis://host:port/db",
     )
     redis_down: Literal["closed", "open"] = Field(
         default="closed",

@@ -1,4 +1,4 @@
-"""One contract for every limiter storage: memory, SQLite, PostgreSQL and Redis.
+"""One contract for every limiter storage: memory, this machine's file, SQLite, PostgreSQL and Redis.
 
 Time is simulated by passing ``now``; steps are binary fractions of a second (1/8, 1/4)
 so the expected token counts are exact in floating point on every backend.
@@ -18,6 +18,7 @@ import redis
 from mlgate.access.limiter import (
     LimiterStorage,
     MemoryLimiterStorage,
+    MmapLimiterStorage,
     SqlLimiterStorage,
 )
 from mlgate.access.limiter_redis import RedisLimiterStorage
@@ -59,11 +60,13 @@ def _redis_opener() -> Iterator[Opener]:
         client.close()
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgresql", "redis"])
+@pytest.fixture(params=["memory", "local", "sqlite", "postgresql", "redis"])
 def open_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Opens a fresh, empty storage of each backend (inside the test's event loop)."""
     if request.param == "memory":
         yield MemoryLimiterStorage
+    elif request.param == "local":
+        yield lambda: MmapLimiterStorage(tmp_path / "limiter.state")
     elif request.param == "sqlite":
         yield from _sql_opener(f"sqlite:///{tmp_path / 'limiter.db'}")
     elif request.param == "postgresql":
@@ -314,5 +317,31 @@ def test_now_defaults_to_the_wall_clock(open_storage: Opener) -> None:
         assert (d.allowed, d.remaining) == (True, 1)
         q = await s.count("q", limit=2, window_end=T0 * 2)
         assert (q.allowed, q.remaining) == (True, 1)
+
+    run(open_storage, body)
+
+
+def test_take_then_count_decides_as_take_followed_by_count(open_storage: Opener) -> None:
+    """The gate's one-round-trip metering, where a storage offers it: the quota is counted only
+    when the bucket allowed the call, and both answers are what two separate calls give."""
+
+    async def body(storage: LimiterStorage) -> None:
+        both = getattr(storage, "take_then_count", None)
+        if both is None:
+            pytest.skip("this storage meters in two calls")
+        end = T0 + 3600
+        answers = []
+        for i in range(5):  # burst 3, quota 2: allowed, allowed, quota refused, bucket refused...
+            answers.append(
+                await both(
+                    "bucket:ttc", "quota:ttc", rate=0.001, burst=3, limit=2, window_end=end, now=T0 + i
+                )
+            )
+        allowed = [(d.allowed, q.allowed if q is not None else None) for d, q in answers]
+        assert allowed == [(True, True), (True, True), (True, False), (False, None), (False, None)]
+        assert [q.remaining for _, q in answers[:3] if q is not None] == [1, 0, 0]
+        # the same arithmetic as the separate calls
+        assert (await storage.count("quota:ttc", limit=2, window_end=end, now=T0 + 9)).allowed is False
+        assert (await storage.take("bucket:ttc", rate=0.001, burst=3, now=T0 + 9)).allowed is False
 
     run(open_storage, body)

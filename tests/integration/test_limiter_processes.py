@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import redis
 
-from mlgate.access.limiter import LimiterStorage, SqlLimiterStorage
+from mlgate.access.limiter import LimiterStorage, MmapLimiterStorage, SqlLimiterStorage
 from mlgate.access.limiter_redis import RedisLimiterStorage
 from mlgate.db.engine import create_engine_for
 from mlgate.repository import Repository
@@ -61,6 +61,8 @@ async def _round(kind: str, target: str, ready: Any, go: Any) -> dict[str, Any]:
     storage: LimiterStorage
     if kind == "redis":
         storage = RedisLimiterStorage(REDIS_URL, prefix=target, socket_timeout=5)
+    elif kind == "local":
+        storage = MmapLimiterStorage(Path(target))
     else:
         engine = create_engine_for(target)
         storage = SqlLimiterStorage(engine)
@@ -152,10 +154,13 @@ def workers() -> Iterator[Workers]:
 # -- the shared storages -----------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "redis"])
+@pytest.fixture(params=["local", "sqlite", "postgresql", "redis"])
 def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """(kind, target): a migrated SQLite file, a migrated fresh PostgreSQL schema, or a Redis key prefix."""
-    if request.param == "sqlite":
+    """(kind, target): this machine's limiter file, a migrated SQLite file, a migrated fresh
+    PostgreSQL schema, or a Redis key prefix."""
+    if request.param == "local":
+        yield "local", str(tmp_path / "limiter.state")
+    elif request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'limiter.db'}"
         Repository.open(url).close()
         yield "sql", url

@@ -1,7 +1,8 @@
 """Usage plans hold exactly across processes: token bucket and quota against real servers.
 
 Each backend gets a real ``mlgate serve`` with 2 worker processes sharing the limiter
-state: in Redis, in SQLite (the registry file) and in PostgreSQL (a fresh schema). Load
+state: in this machine's limiter file (the default), in Redis, in SQLite (the registry file)
+and in PostgreSQL (a fresh schema). Load
 shedding is off here (``max_inflight`` 0: every request reaches the limiter; shedding has
 its own test). Plan rate 10/s, burst 10, on one key:
 
@@ -9,7 +10,7 @@ its own test). Plan rate 10/s, burst 10, on one key:
   the client-side span (first byte sent → last answer); all others 429 with Retry-After
   and ``{"message": "Too Many Requests"}``; no other status.
 - 1 vs 2 processes: the same paced schedule (100 requests/s for 2 s, so both runs span the
-  same T) against one process with in-memory state and against the 2 workers: admitted
+  same T) against one process (its own limiter file) and against the 2 workers: admitted
   counts differ by at most 1. Paced rather than all-at-once because an all-at-once load
   finishes in a time that depends on the server (2 processes answer faster), which would
   change the refill the bound allows; see docs/security.md.
@@ -54,14 +55,16 @@ PACED_RATE, PACED_SECONDS = 100, 2.0
 QUOTA = 100
 
 
-@pytest.fixture(scope="module", params=["redis", "sqlite", "postgres"])
+@pytest.fixture(scope="module", params=["local", "redis", "sqlite", "postgres"])
 def backend(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
     """A 2-worker server whose limiter state lives in the parametrized backend."""
     env = {"MLGATE_WORKERS": "2", "MLGATE_MAX_INFLIGHT": "0", "MLGATE_LIMITER__URL": "database"}
     redis_url = None
-    if request.param == "redis":
+    if request.param == "local":  # the default: this machine's limiter file
+        env["MLGATE_LIMITER__URL"] = "local"
+    elif request.param == "redis":
         redis_url = request.getfixturevalue("redis_url")
         env["MLGATE_LIMITER__URL"] = redis_url
     elif request.param == "postgres":
@@ -76,7 +79,7 @@ def backend(
 
 @pytest.fixture(scope="module")
 def single_process_paced(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
-    """The paced schedule against one process with its in-memory limiter state."""
+    """The paced schedule against one process (the default limiter: its data directory's file)."""
     env = {"MLGATE_MAX_INFLIGHT": "0"}
     with start_server(tmp_path_factory.mktemp("limiter-single"), env=env) as server:
         with admin(server) as c:

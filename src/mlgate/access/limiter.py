@@ -13,9 +13,11 @@ arithmetic function (:func:`~mlgate.access.limiter_storage.take_tokens`, mirrore
 Redis Lua script) behind the :class:`LimiterStorage` protocol, with one contract suite
 run against every backend.
 
-Backends, chosen by ``MLGATE_LIMITER__URL``: ``memory://`` (one process, exact),
-``database`` (the registry DB; one transaction per take), ``redis://host:port/db`` (one
-Lua script per take). When Redis is down the default is to **fail closed**: keyed calls
+Backends, chosen by ``MLGATE_LIMITER__URL``: ``local`` (the default: a memory-mapped file in
+the data directory, shared exactly by every server process of this machine and kept across
+restarts), ``memory://`` (one process, forgotten on restart), ``database`` (the registry DB,
+shared by several machines; group-committed transactions), ``redis://host:port/db`` (one Lua
+script per take). When Redis is down the default is to **fail closed**: keyed calls
 get 503 (:class:`~mlgate.errors.LimiterUnavailable`). With ``redis_down="open"`` they are
 answered from a per-process memory limiter instead (:class:`FailOpenStorage`), so each
 process still enforces the plan and N processes admit at most N times the plan.
@@ -35,10 +37,13 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine
 
 from mlgate.access.limiter_memory import MemoryLimiterStorage
+from mlgate.access.limiter_mmap import MmapLimiterStorage
 from mlgate.access.limiter_sql import SqlLimiterStorage
 from mlgate.access.limiter_storage import Decision, LimiterStorage, QuotaDecision
 from mlgate.errors import ConfigurationError, InvalidInput, LimiterUnavailable
@@ -50,6 +55,7 @@ __all__ = [
     "FailOpenStorage",
     "LimiterStorage",
     "MemoryLimiterStorage",
+    "MmapLimiterStorage",
     "QuotaDecision",
     "SqlLimiterStorage",
     "open_limiter_storage",
@@ -105,6 +111,40 @@ class FailOpenStorage:
             self._warn(exc)
         return await self.fallback.count(key, limit=limit, window_end=window_end, cost=cost, now=now)
 
+    async def take_then_count(
+        self,
+        bucket_key: str,
+        quota_key: str,
+        *,
+        rate: float,
+        burst: int,
+        limit: int,
+        window_end: float,
+        cost: int = 1,
+        now: float | None = None,
+    ) -> tuple[Decision, QuotaDecision | None]:
+        args: dict[str, Any] = {
+            "rate": rate,
+            "burst": burst,
+            "limit": limit,
+            "window_end": window_end,
+            "cost": cost,
+            "now": now,
+        }
+        both = getattr(self.inner, "take_then_count", None)
+        try:
+            if both is not None:
+                result: tuple[Decision, QuotaDecision | None] = await both(bucket_key, quota_key, **args)
+                return result
+            decision = await self.inner.take(bucket_key, rate=rate, burst=burst, cost=cost, now=now)
+            if not decision.allowed:
+                return decision, None
+            quota = await self.inner.count(quota_key, limit=limit, window_end=window_end, cost=cost, now=now)
+            return decision, quota
+        except LimiterUnavailable as exc:
+            self._warn(exc)
+        return await self.fallback.take_then_count(bucket_key, quota_key, **args)
+
     async def reset(self, key: str) -> None:
         await self.fallback.reset(key)
         try:
@@ -133,19 +173,28 @@ class FailOpenStorage:
 
 
 def open_limiter_storage(
-    url: str, *, engine: Engine | None = None, redis_down: str = "closed"
+    url: str, *, engine: Engine | None = None, redis_down: str = "closed", data_dir: Path | None = None
 ) -> LimiterStorage:
-    """The storage named by ``url``: ``memory://``, ``database`` or ``redis://host:port/db``.
+    """The storage named by ``url``: ``local`` (``local:///path``), ``memory://``, ``database`` or
+    ``redis://host:port/db``.
 
-    ``database`` uses ``engine`` (the registry's). With ``redis_down="open"`` a Redis
-    storage is wrapped in :class:`FailOpenStorage`; ``"closed"`` lets
-    :class:`LimiterUnavailable` (503) through.
+    ``local`` is a memory-mapped state file shared by this machine's server processes:
+    ``<data_dir>/limiter.state`` unless a path is given. ``database`` uses ``engine`` (the
+    registry's). With ``redis_down="open"`` a Redis storage is wrapped in
+    :class:`FailOpenStorage`; ``"closed"`` lets :class:`LimiterUnavailable` (503) through.
     """
     if redis_down not in ("closed", "open"):
         raise ConfigurationError(f"limiter redis_down must be 'closed' or 'open', not {redis_down!r}")
     scheme = url.split("://", 1)[0].lower() if "://" in url else url.lower()
     if scheme == "memory":
         return MemoryLimiterStorage()
+    if scheme == "local":
+        path = url.split("://", 1)[1] if "://" in url else ""
+        if not path:
+            if data_dir is None:
+                raise ConfigurationError("the 'local' limiter needs a data directory or local:///path/file")
+            return MmapLimiterStorage(data_dir / "limiter.state")
+        return MmapLimiterStorage(Path(path))
     if scheme == "database":
         if engine is None:
             raise ConfigurationError("the 'database' limiter needs the registry database engine")
@@ -155,7 +204,9 @@ def open_limiter_storage(
 
         redis = RedisLimiterStorage(url)
         return FailOpenStorage(redis) if redis_down == "open" else redis
-    raise ConfigurationError(f"unknown limiter URL {url!r}: use memory://, database or redis://host:port/db")
+    raise ConfigurationError(
+        f"unknown limiter URL {url!r}: use local, local:///path, memory://, database or redis://host:port/db"
+    )
 
 
 def quota_window(period: str, *, offset_days: int = 0, now: float) -> tuple[float, float]:

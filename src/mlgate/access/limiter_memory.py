@@ -56,6 +56,29 @@ class MemoryLimiterStorage:
     ) -> QuotaDecision:
         return self.count_sync(key, limit=limit, window_end=window_end, cost=cost, now=now)
 
+    async def take_then_count(
+        self,
+        bucket_key: str,
+        quota_key: str,
+        *,
+        rate: float,
+        burst: int,
+        limit: int,
+        window_end: float,
+        cost: int = 1,
+        now: float | None = None,
+    ) -> tuple[Decision, QuotaDecision | None]:
+        return self.take_then_count_sync(
+            bucket_key,
+            quota_key,
+            rate=rate,
+            burst=burst,
+            limit=limit,
+            window_end=window_end,
+            cost=cost,
+            now=now,
+        )
+
     async def reset(self, key: str) -> None:
         with self._lock:
             self._buckets.pop(key, None)
@@ -108,6 +131,25 @@ class MemoryLimiterStorage:
                     entry[1] = ends
             self._tick(t)
         return QuotaDecision(allowed, limit, limit - used, ends)
+
+    def take_then_count_sync(
+        self,
+        bucket_key: str,
+        quota_key: str,
+        *,
+        rate: float,
+        burst: int,
+        limit: int,
+        window_end: float,
+        cost: int = 1,
+        now: float | None = None,
+    ) -> tuple[Decision, QuotaDecision | None]:
+        """:meth:`take`, then :meth:`count` only if the bucket allowed it (the gate's metering)."""
+        t = time.time() if now is None else now
+        decision = self.take_sync(bucket_key, rate=rate, burst=burst, cost=cost, now=t)
+        if not decision.allowed:
+            return decision, None
+        return decision, self.count_sync(quota_key, limit=limit, window_end=window_end, cost=cost, now=t)
 
     def __len__(self) -> int:
         """How many buckets and counters are held (for tests and metrics)."""

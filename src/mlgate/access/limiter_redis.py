@@ -1,6 +1,7 @@
 """Limiter state in Redis, shared by every process and machine that points at it.
 
-Each take and each count is ONE Lua script (``EVALSHA``, falling back to ``EVAL`` after a
+Each take and each count is ONE Lua script (and the gate's take-then-count of a request one
+script too) (``EVALSHA``, falling back to ``EVAL`` after a
 Redis restart forgot the script), so the read-refill-write is atomic on the server
 without locks or retries. The time is an argument (the caller's ``now``), not Redis'
 ``TIME``: the memory and database backends take it the same way, so the three give the
@@ -51,58 +52,82 @@ DEFAULT_PREFIX = "mlgate:limiter:"
 # How long a counter outlives its window; its expiry is decided by the stored window end.
 _COUNTER_GRACE_MS = 60_000
 
-# KEYS[1] bucket; ARGV rate, burst, cost, now, epsilon -> {allowed, tokens, retry_after}.
+# take(bucket key, rate, burst, cost, now, epsilon) -> {allowed, tokens, retry_after}.
 # Mirrors mlgate.access.limiter_storage.take_tokens.
-_TAKE = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local now = tonumber(ARGV[4])
-local eps = tonumber(ARGV[5])
-local state = redis.call('HMGET', KEYS[1], 't', 's')
-local tokens = burst
-local stamp = now
-if state[1] then
-  tokens = tonumber(state[1])
-  stamp = tonumber(state[2])
+_TAKE_FN = """
+local function take(key, rate, burst, cost, now, eps)
+  local state = redis.call('HMGET', key, 't', 's')
+  local tokens = burst
+  local stamp = now
+  if state[1] then
+    tokens = tonumber(state[1])
+    stamp = tonumber(state[2])
+  end
+  if now > stamp then
+    tokens = math.min(burst, tokens + (now - stamp) * rate)
+    stamp = now
+  end
+  if tokens + eps >= cost then
+    tokens = math.max(0, tokens - cost)
+    redis.call('HSET', key, 't', string.format('%.17g', tokens), 's', string.format('%.17g', stamp))
+    redis.call('PEXPIRE', key, math.ceil((burst - tokens) / rate * 1000) + 1000)
+    return {1, string.format('%.17g', tokens), '0'}
+  end
+  return {0, string.format('%.17g', tokens), string.format('%.17g', (cost - tokens) / rate + (stamp - now))}
 end
-if now > stamp then
-  tokens = math.min(burst, tokens + (now - stamp) * rate)
-  stamp = now
-end
-if tokens + eps >= cost then
-  tokens = math.max(0, tokens - cost)
-  redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens), 's', string.format('%.17g', stamp))
-  redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
-  return {1, string.format('%.17g', tokens), '0'}
-end
-return {0, string.format('%.17g', tokens), string.format('%.17g', (cost - tokens) / rate + (stamp - now))}
 """
 
-# KEYS[1] counter; ARGV limit, window_end, cost, now, grace_ms -> {allowed, used, window_end}.
-_COUNT = """
-local limit = tonumber(ARGV[1])
-local window_end = tonumber(ARGV[2])
+# count(counter key, limit, window_end, cost, now, grace_ms) -> {allowed, used, window_end}.
+_COUNT_FN = """
+local function count(key, limit, window_end, cost, now, grace_ms)
+  local state = redis.call('HMGET', key, 'c', 'e')
+  local used = 0
+  local ends = window_end
+  if state[1] then
+    local stored_end = tonumber(state[2])
+    if stored_end > now and stored_end >= window_end then
+      used = tonumber(state[1])
+      ends = stored_end
+    end
+  end
+  if used + cost <= limit then
+    used = used + cost
+    redis.call('HSET', key, 'c', string.format('%d', used), 'e', string.format('%.17g', ends))
+    redis.call('PEXPIRE', key, math.ceil((ends - now) * 1000) + grace_ms)
+    return {1, used, string.format('%.17g', ends)}
+  end
+  return {0, used, string.format('%.17g', ends)}
+end
+"""
+
+# KEYS[1] bucket; ARGV rate, burst, cost, now, epsilon.
+_TAKE = (
+    _TAKE_FN
+    + "return take(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), "
+    + "tonumber(ARGV[4]), tonumber(ARGV[5]))"
+)
+# KEYS[1] counter; ARGV limit, window_end, cost, now, grace_ms.
+_COUNT = (
+    _COUNT_FN
+    + "return count(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), "
+    + "tonumber(ARGV[4]), tonumber(ARGV[5]))"
+)
+# KEYS[1] bucket, KEYS[2] counter; ARGV rate, burst, cost, now, epsilon, limit, window_end, grace_ms:
+# the take, then the count only if the take allowed it -> the take's 3 values (+ the count's 3).
+_TAKE_THEN_COUNT = (
+    _TAKE_FN
+    + _COUNT_FN
+    + """
 local cost = tonumber(ARGV[3])
 local now = tonumber(ARGV[4])
-local state = redis.call('HMGET', KEYS[1], 'c', 'e')
-local used = 0
-local ends = window_end
-if state[1] then
-  local stored_end = tonumber(state[2])
-  if stored_end > now and stored_end >= window_end then
-    used = tonumber(state[1])
-    ends = stored_end
-  end
+local d = take(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), cost, now, tonumber(ARGV[5]))
+if d[1] == 0 then
+  return d
 end
-if used + cost <= limit then
-  used = used + cost
-  redis.call('HSET', KEYS[1], 'c', string.format('%d', used), 'e', string.format('%.17g', ends))
-  redis.call('PEXPIRE', KEYS[1], math.ceil((ends - now) * 1000) + tonumber(ARGV[5]))
-  return {1, used, string.format('%.17g', ends)}
-end
-return {0, used, string.format('%.17g', ends)}
+local q = count(KEYS[2], tonumber(ARGV[6]), tonumber(ARGV[7]), cost, now, tonumber(ARGV[8]))
+return {d[1], d[2], d[3], q[1], q[2], q[3]}
 """
+)
 
 
 class _Script:
@@ -115,6 +140,7 @@ class _Script:
 
 _TAKE_SCRIPT = _Script(_TAKE)
 _COUNT_SCRIPT = _Script(_COUNT)
+_TAKE_THEN_COUNT_SCRIPT = _Script(_TAKE_THEN_COUNT)
 # Errors that mean "the shared state is out of reach", as opposed to a bug in a script.
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
 
@@ -160,7 +186,7 @@ class RedisLimiterStorage:
         check_bucket_args(rate, burst, cost)
         t = time.time() if now is None else now
         args = (repr(float(rate)), burst, cost, repr(float(t)), repr(TOKEN_EPSILON))
-        allowed, tokens, retry_after = await self._run(_TAKE_SCRIPT, self._buckets + key, args)
+        allowed, tokens, retry_after = await self._run(_TAKE_SCRIPT, (self._buckets + key,), args)
         return Decision(allowed == 1, burst, whole_tokens(float(tokens)), float(retry_after))
 
     async def count(
@@ -169,8 +195,42 @@ class RedisLimiterStorage:
         t = time.time() if now is None else now
         check_quota_args(limit, window_end, cost, t)
         args = (limit, repr(float(window_end)), cost, repr(float(t)), _COUNTER_GRACE_MS)
-        allowed, used, ends = await self._run(_COUNT_SCRIPT, self._counters + key, args)
+        allowed, used, ends = await self._run(_COUNT_SCRIPT, (self._counters + key,), args)
         return QuotaDecision(allowed == 1, limit, limit - int(used), float(ends))
+
+    async def take_then_count(
+        self,
+        bucket_key: str,
+        quota_key: str,
+        *,
+        rate: float,
+        burst: int,
+        limit: int,
+        window_end: float,
+        cost: int = 1,
+        now: float | None = None,
+    ) -> tuple[Decision, QuotaDecision | None]:
+        """:meth:`take`, then :meth:`count` only if the bucket allowed it: one script, one round trip."""
+        check_bucket_args(rate, burst, cost)
+        t = time.time() if now is None else now
+        check_quota_args(limit, window_end, cost, t)
+        args = (
+            repr(float(rate)),
+            burst,
+            cost,
+            repr(float(t)),
+            repr(TOKEN_EPSILON),
+            limit,
+            repr(float(window_end)),
+            _COUNTER_GRACE_MS,
+        )
+        reply = await self._run(
+            _TAKE_THEN_COUNT_SCRIPT, (self._buckets + bucket_key, self._counters + quota_key), args
+        )
+        decision = Decision(reply[0] == 1, burst, whole_tokens(float(reply[1])), float(reply[2]))
+        if len(reply) == 3:
+            return decision, None
+        return decision, QuotaDecision(reply[3] == 1, limit, limit - int(reply[4]), float(reply[5]))
 
     async def reset(self, key: str) -> None:
         self._check_up()
@@ -182,13 +242,13 @@ class RedisLimiterStorage:
     async def close(self) -> None:
         await self._client.aclose()
 
-    async def _run(self, script: _Script, key: str, args: tuple[Any, ...]) -> list[Any]:
+    async def _run(self, script: _Script, keys: tuple[str, ...], args: tuple[Any, ...]) -> list[Any]:
         self._check_up()
         try:
             try:
-                reply = await self._client.evalsha(script.sha, 1, key, *args)
+                reply = await self._client.evalsha(script.sha, len(keys), *keys, *args)
             except NoScriptError:
-                reply = await self._client.eval(script.source, 1, key, *args)
+                reply = await self._client.eval(script.source, len(keys), *keys, *args)
         except _UNREACHABLE as exc:
             raise self._went_down(exc) from exc
         assert isinstance(reply, list)

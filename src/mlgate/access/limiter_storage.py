@@ -41,7 +41,9 @@ __all__ = [
 TOKEN_EPSILON = 1e-9
 
 
-@dataclass(frozen=True, slots=True)
+# Results, not values to hash or mutate; not frozen because a frozen dataclass's __init__ costs
+# ~0.6 µs more, and one of each is made per metered request.
+@dataclass(slots=True)
 class Decision:
     """The outcome of one token-bucket take."""
 
@@ -54,7 +56,7 @@ class Decision:
     retry_after: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class QuotaDecision:
     """The outcome of one quota count."""
 
@@ -86,6 +88,22 @@ class LimiterStorage(Protocol):
 
         Pass the same ``now`` that :func:`mlgate.access.limiter.quota_window` was given.
         """
+        ...
+
+    async def take_then_count(
+        self,
+        bucket_key: str,
+        quota_key: str,
+        *,
+        rate: float,
+        burst: int,
+        limit: int,
+        window_end: float,
+        cost: int = 1,
+        now: float | None = None,
+    ) -> tuple[Decision, QuotaDecision | None]:
+        """:meth:`take` on ``bucket_key``, then — only if it allowed — :meth:`count` on ``quota_key``,
+        in one round trip (a request's whole metering); the answers are those of the two calls."""
         ...
 
     async def reset(self, key: str) -> None:
