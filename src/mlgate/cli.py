@@ -110,6 +110,7 @@ def serve(
         "server_header": False,
         "timeout_graceful_shutdown": 30,
         "log_level": settings.log.level.lower(),
+        "ws": "none",  # no WebSocket route: not importing a WebSocket library saves ~25 ms of cold start
     }
     try:
         import uvloop  # noqa: F401
@@ -119,17 +120,18 @@ def serve(
         pass
     try:
         # uvicorn's httptools protocol, shedding load before any ASGI work (mlgate.http.protocol)
-        from mlgate.http.protocol import SheddingProtocol
+        from mlgate.http.protocol import MlgateProtocol
 
-        options["http"] = SheddingProtocol
+        options["http"] = MlgateProtocol
     except ImportError:
         pass
     if settings.workers > 1:
         if settings.limiter.url == "memory://":
-            # Per-process limiter state would multiply every plan by N: share it in the database.
-            export_environ({"limiter__url": "database"})
+            # Per-process limiter state would multiply every plan by N: share it between the workers.
+            export_environ({"limiter__url": "local"})
             err.print(
-                "[yellow]--workers > 1: usage-plan state shared in the database (or set MLGATE_LIMITER__URL)"
+                "[yellow]--workers > 1: usage-plan state shared in the data directory's limiter file "
+                "instead of memory:// (or set MLGATE_LIMITER__URL)"
             )
         from mlgate.http.app import bootstrap_once
 

@@ -30,7 +30,7 @@ from mlgate.types import Processor, VersionInfo
 __all__ = ["DataPlane", "LoadedModel", "Prediction"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per request, and a frozen __init__ costs ~3x
 class Prediction:
     model: str
     version: int
@@ -46,6 +46,7 @@ class LoadedModel:
     batcher: Batcher
     metrics: ModelMetrics
     load_seconds: float
+    timeout_s: float
     processor: Processor | None = None
     loaded_at: float = field(default_factory=time.time)
 
@@ -75,6 +76,9 @@ class DataPlane:
         # database read each, ~64 per second per alias at c=64 in a W1 profile).
         self._resolving: dict[tuple[str, str | int | None], asyncio.Future[VersionInfo]] = {}
         self._alias_epoch = 0
+        # (name, ref) -> (monotonic expiry, LoadedModel): resolve + ensure_loaded in one lookup,
+        # valid exactly as long as the alias resolution it came from.
+        self._serving: dict[tuple[str, str | int | None], tuple[float, LoadedModel]] = {}
         self._generation = -1
         self.ready = False
 
@@ -110,6 +114,7 @@ class DataPlane:
     def invalidate(self) -> None:
         """Forget cached alias resolutions (after an alias move in this process)."""
         self._aliases.clear()
+        self._serving.clear()
         self._resolving.clear()  # lookups already running may predate the move: don't share them
         self._alias_epoch += 1
 
@@ -182,7 +187,8 @@ class DataPlane:
         batcher.start()
         metrics.cold_starts.inc()
         metrics.load_seconds.set(elapsed)
-        return LoadedModel(info, runtime, batcher, metrics, elapsed, self._processor_for(info))
+        timeout = info.manifest.timeout_s or self.settings.default_timeout_s
+        return LoadedModel(info, runtime, batcher, metrics, elapsed, timeout, self._processor_for(info))
 
     def _processor_for(self, info: VersionInfo) -> Processor | None:
         processor = self.processors.get(info.model)
@@ -205,7 +211,16 @@ class DataPlane:
 
     async def predict(self, name: str, payload: Any, *, version: str | int | None = None) -> Prediction:
         """One prediction through the model's processor (if any), runtime and batcher."""
-        loaded = await self.ensure_loaded(await self.resolve(name, version))
+        serving = self._serving.get((name, version))
+        if serving is not None and time.monotonic() < serving[0]:
+            loaded = serving[1]  # resolved and loaded within alias_ttl_s (numbers: for good)
+        else:
+            info = await self.resolve(name, version)
+            loaded = await self.ensure_loaded(info)
+            cached = self._aliases.get((name, version))
+            if cached is not None and cached[1] is info:  # still the current resolution
+                until = math.inf if isinstance(version, int) else cached[0] + self.settings.alias_ttl_s
+                self._serving[(name, version)] = (until, loaded)
         return await self._serve(loaded, payload)
 
     async def predict_many(
@@ -247,7 +262,16 @@ class DataPlane:
                 x = await asyncio.to_thread(loaded.runtime.decode, item)
             else:
                 x = loaded.runtime.decode(item)
-            y = await self._submit(loaded, x)
+            # _submit, inline: this is every request's path
+            started = time.perf_counter()
+            try:
+                y = await loaded.batcher.submit(x, timeout=loaded.timeout_s)
+            except MlgateError:
+                raise
+            except Exception as exc:
+                raise PredictionFailed(f"the model failed on this input: {type(exc).__name__}") from exc
+            m.invocations.inc()
+            m.latency.observe(time.perf_counter() - started)
             out = loaded.runtime.encode(y)
             _check_finite(out)
             if loaded.processor is not None:
@@ -262,10 +286,10 @@ class DataPlane:
         return Prediction(loaded.info.model, loaded.info.version, out)
 
     async def _submit(self, loaded: LoadedModel, x: Any) -> Any:
+        """One decoded item through the batcher (the tensor routes; :meth:`_serve` inlines this)."""
         started = time.perf_counter()
-        timeout = loaded.info.manifest.timeout_s or self.settings.default_timeout_s
         try:
-            y = await loaded.batcher.submit(x, timeout=timeout)
+            y = await loaded.batcher.submit(x, timeout=loaded.timeout_s)
         except MlgateError:
             raise
         except Exception as exc:

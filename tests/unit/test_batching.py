@@ -333,3 +333,33 @@ def test_cancelled_callers_are_skipped_and_the_running_batch_keeps_its_slot() ->
 
     run(scenario())
     assert predict.batches == [[1], [3]]  # the cancelled queued item never ran
+
+
+def test_each_request_times_out_on_its_own_deadline_whatever_the_order() -> None:
+    """One timer serves deadlines that arrive in order; a shorter timeout after a longer one
+    (out of order) still fires on time, and answered requests never time out later."""
+    gate = threading.Event()
+    predict = FakePredict(gate=gate)
+
+    async def scenario() -> None:
+        async with started(predict, max_concurrency=1, max_batch_size=1) as batcher:
+            blocker = submit(batcher, 1, timeout=SAFETY_S)  # holds the only slot
+            await predict.started(1)
+            started_at = time.monotonic()
+            long = submit(batcher, 2, timeout=0.6)
+            short = submit(batcher, 3, timeout=0.1)  # earlier deadline than the one before it
+            with pytest.raises(PredictionTimeout):
+                await short
+            assert time.monotonic() - started_at < 0.5  # not held back behind the 0.6 s deadline
+            assert not long.done()
+            with pytest.raises(PredictionTimeout):
+                await long
+            assert time.monotonic() - started_at >= 0.55
+            gate.set()
+            assert await blocker == 2
+            quick = await batcher.submit(4, timeout=0.05)  # answered well before its deadline
+            await asyncio.sleep(0.1)  # its deadline passes: nothing happens to an answered request
+            assert quick == 8
+
+    run(scenario())
+    assert predict.batches == [[1], [4]]  # the timed-out requests never reached the model

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import Request
+from starlette.responses import Response
 
 from mlgate.access.tokens import authenticate_token
-from mlgate.errors import Forbidden, InvalidInput, Unauthorized
+from mlgate.errors import Forbidden, Unauthorized
 from mlgate.http.app import Server
+from mlgate.http.endpoints import version_ref
 from mlgate.http.gateway import bearer_token
+from mlgate.http.serving import WireEndpoint
+from mlgate.http.wire import WireRequest
 from mlgate.payloads import parse_json
 from mlgate.types import Caller
 
@@ -20,6 +25,8 @@ __all__ = [
     "require_admin",
     "require_caller",
     "server_of",
+    "starlette_endpoint",
+    "to_starlette",
     "version_ref",
 ]
 
@@ -78,13 +85,37 @@ async def require_admin(request: Request) -> Caller:
     return caller
 
 
-def version_ref(raw: str | None) -> str | int | None:
-    """A version path/query parameter: digits are a version number, anything else an alias."""
-    if raw is None or raw == "":
-        return None
-    if raw.isdigit():
-        number = int(raw)
-        if number < 1:
-            raise InvalidInput("version numbers start at 1")
-        return number
-    return raw
+async def to_starlette(endpoint: WireEndpoint, request: Request) -> Response:
+    """Run a wire endpoint for a Starlette request (FastAPI's copy of a predict route).
+
+    The request's ``state`` is the scope's, so the edge's wrappers still add the request id and
+    rate-limit headers and record usage; errors propagate to the app's handlers.
+    """
+    wire = WireRequest(
+        method=request.method,
+        path=request.scope["path"],
+        query=request.scope.get("query_string", b""),
+        headers=request.scope["headers"],
+        body=await request.body(),
+        server=request.app.state.server,
+        state=request.scope.setdefault("state", {}),
+        params=dict(request.path_params),
+        content_type=request.headers.get("content-type", ""),
+        api_key=request.headers.get("x-api-key"),
+        authorization=request.headers.get("authorization"),
+    )
+    answer = await endpoint(wire)
+    response = Response(
+        answer.body, status_code=answer.status, media_type=answer.content_type.decode("latin-1")
+    )
+    response.raw_headers.extend(answer.headers)
+    return response
+
+
+def starlette_endpoint(endpoint: WireEndpoint) -> Callable[[Request], Awaitable[Response]]:
+    """``endpoint`` as a FastAPI route endpoint taking only the request."""
+
+    async def route(request: Request) -> Response:
+        return await to_starlette(endpoint, request)
+
+    return route

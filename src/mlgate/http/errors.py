@@ -4,44 +4,63 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from mlgate.errors import MlgateError
 from mlgate.http.gateway import GatewayRejected
 from mlgate.http.jsonio import JSONResponse
+from mlgate.http.wire import WireResponse
 
-__all__ = ["error_response", "install_error_handlers", "response_for"]
+if TYPE_CHECKING:
+    from fastapi import FastAPI, Request
+
+__all__ = ["error_parts", "error_response", "install_error_handlers", "response_for", "wire_error"]
 
 log = logging.getLogger("mlgate.http")
 
 
 def error_response(exc: MlgateError) -> JSONResponse:
+    status, body, headers = _mlgate_error(exc)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def response_for(exc: Exception, *, method: str, path: str) -> Response:
+    """The answer for an exception, as FastAPI's handlers (below) give it."""
+    status, body, headers = error_parts(exc, method=method, path=path)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def wire_error(exc: Exception, *, method: str, path: str) -> WireResponse:
+    """The same answer for a predict route's raw request (:mod:`mlgate.http.wire`)."""
+    status, body, headers = error_parts(exc, method=method, path=path)
+    return WireResponse.json(body, status, headers)
+
+
+def error_parts(exc: Exception, *, method: str, path: str) -> tuple[int, Any, dict[str, str]]:
+    """``(status, JSON body, headers)`` for any exception: gateway refusals keep their rendered
+    shape, mlgate errors give ``{"error": {...}}`` with their status, anything else is a logged 500."""
+    if isinstance(exc, GatewayRejected):
+        return exc.status, exc.body, exc.headers
+    if isinstance(exc, MlgateError):
+        return _mlgate_error(exc)
+    log.exception("unhandled error on %s %s", method, path, exc_info=exc)
+    return 500, {"error": {"code": "internal", "message": "internal server error"}}, {}
+
+
+def _mlgate_error(exc: MlgateError) -> tuple[int, Any, dict[str, str]]:
     headers = {}
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-    return JSONResponse({"error": exc.to_dict()}, status_code=exc.status, headers=headers)
-
-
-def response_for(exc: Exception, *, method: str, path: str) -> Response:
-    """The answer for an exception raised on the edge's hot path: what the handlers below give."""
-    if isinstance(exc, GatewayRejected):
-        return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
-    if isinstance(exc, MlgateError):
-        return error_response(exc)
-    log.exception("unhandled error on %s %s", method, path, exc_info=exc)
-    return _internal()
-
-
-def _internal() -> JSONResponse:
-    return JSONResponse({"error": {"code": "internal", "message": "internal server error"}}, status_code=500)
+    return exc.status, {"error": exc.to_dict()}, headers
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    from fastapi.exceptions import RequestValidationError
+
     async def on_error(request: Request, exc: Exception) -> Response:
         # Gateway refusals, mlgate errors and anything unexpected: the edge's own rendering.
         return response_for(exc, method=request.method, path=request.url.path)

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
-
-from fastapi import Request
+from typing import TYPE_CHECKING, Any
 
 from mlgate.access.gate import Admission
 from mlgate.errors import MlgateError, QuotaExceeded, Throttled, Unauthorized
 from mlgate.types import AuthMode
 
-__all__ = ["GatewayRejected", "admit", "authenticate", "bearer_token"]
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from mlgate.http.app import Server
+
+__all__ = ["GatewayRejected", "admit", "admit_parts", "authenticate", "bearer_of", "bearer_token"]
 
 ErrorRenderer = Callable[[int, str], tuple[int, Any]]
 
@@ -35,7 +38,14 @@ class GatewayRejected(Exception):
 
 
 def bearer_token(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return bearer_of(request.headers.get("authorization"))
+
+
+def bearer_of(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value, or None."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None
 
@@ -51,31 +61,59 @@ async def admit(
     """Authenticate and meter this request (raises :class:`GatewayRejected`)."""
     from mlgate.http.deps import server_of
 
-    gate = server_of(request).gate
-    path = _path(request)
+    return await admit_parts(
+        server_of(request),
+        request.scope.setdefault("state", {}),
+        path=request.scope["path"],
+        api_key=request.headers.get("x-api-key"),
+        authorization=request.headers.get("authorization"),
+        model=model,
+        declared=declared,
+        original=original,
+        cost=cost,
+    )
+
+
+async def admit_parts(
+    server: Server,
+    state: dict[str, Any],
+    *,
+    path: str,
+    api_key: str | None,
+    authorization: str | None,
+    model: str | None,
+    declared: AuthMode = "default",
+    original: ErrorRenderer | None = None,
+    cost: int = 1,
+) -> Admission:
+    """:func:`admit` from a request's parts (the predict routes' raw requests).
+
+    ``state`` is the request's state dict (``scope["state"]``): the admission, the key id and the
+    rate-limit headers go there for the edge.
+    """
+    gate = server.gate
+    path = _escaped(path)
     mode = gate.mode_for(declared=declared, model=model, path=path)
-    state = request.state
     try:
         admission = await gate.admit(
             mode=mode,
-            api_key=request.headers.get("x-api-key"),
-            bearer=bearer_token(request),
+            api_key=api_key,
+            bearer=bearer_of(authorization),
             scope=model or path,
             cost=cost,
         )
     except MlgateError as exc:
-        server_of(request).metrics.gateway_rejections.labels(exc.code).inc()
+        server.metrics.gateway_rejections.labels(exc.code).inc()
         headers = dict(getattr(exc, "headers", {}) or {})
         raise _rejection(exc, headers, original) from None
-    state.admission = admission
-    state.key_id = admission.caller.id
-    state.rate_headers = admission.headers
+    state["admission"] = admission
+    state["key_id"] = admission.caller.id
+    state["rate_headers"] = admission.headers
     return admission
 
 
-def _path(request: Request) -> str:
-    """``request.url.path`` without building the whole URL (host, scheme, query) per request."""
-    path: str = request.scope["path"]
+def _escaped(path: str) -> str:
+    """The path as ``request.url.path`` gives it, without building the whole URL per request."""
     return path.replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
 
 
@@ -98,7 +136,7 @@ async def authenticate(request: Request, *, model: str | None = None) -> None:
     from mlgate.http.deps import server_of
 
     gate = server_of(request).gate
-    mode = gate.mode_for(declared="default", model=model, path=_path(request))
+    mode = gate.mode_for(declared="default", model=model, path=_escaped(request.scope["path"]))
     try:
         caller = await gate.authenticate(
             mode=mode, api_key=request.headers.get("x-api-key"), bearer=bearer_token(request)

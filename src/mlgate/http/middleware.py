@@ -23,30 +23,29 @@ which this layer reads back for the access log.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
-import re
 import time
 from typing import Any
 
 import orjson
-from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlgate.errors import Overloaded, PayloadTooLarge
-from mlgate.http.errors import response_for
-from mlgate.http.serving import ServingRoutes
-from mlgate.telemetry.access_log import AccessLog, AccessRecord
+from mlgate.http.errors import wire_error
+from mlgate.http.serving import ServingRoute, ServingRoutes
+from mlgate.http.wire import KnownHeaders, WireRequest, WireResponse, scan_headers
+from mlgate.telemetry.access_log import AccessLog
 from mlgate.telemetry.metrics import Metrics
 
-__all__ = ["RESERVED", "Edge"]
+__all__ = ["RESERVED", "Edge", "request_id_for"]
 
-#: Scope key set by :class:`mlgate.http.protocol.SheddingProtocol` on a request it admitted and
+#: Scope key set by :class:`mlgate.http.protocol.MlgateProtocol` on a request it admitted and
 #: counted in :attr:`Edge.inflight` already (at parse time, before its ASGI task runs).
 RESERVED = "mlgate.inflight_reserved"
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 #: Never shed: probes must see the truth under load.
 _NOT_SHED = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
 _SHED_BODY = orjson.dumps({"error": Overloaded("server is at capacity; retry shortly").to_dict()})
@@ -114,11 +113,102 @@ class Edge:
             await send(_SHED_END)
             return
         started = time.perf_counter()
-        request_id, cross_origin, content_length = _scan_headers(scope)
+        known = scan_headers(scope["headers"])
+        request_id = request_id_for(known)
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
-        status = 500
         limit = self.path_limits.get(scope["path"], self.max_body_bytes)
+        if not reserved:
+            self.inflight += 1
+        try:
+            if known.content_length > limit:
+                await self._send_413(send, limit, request_id)
+                self.observe("unmatched", scope["method"], 413, started, state, _url(scope), _client(scope))
+            elif (served := self._match(scope, known.cross_origin)) is not None:
+                await self._serve_asgi(scope, receive, send, served, state, limit, started, known)
+            else:
+                await self._pass_on(scope, receive, send, state, limit, started)
+        finally:
+            self.inflight -= 1
+
+    async def _serve_asgi(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        served: tuple[ServingRoute, dict[str, Any]],
+        state: dict[str, Any],
+        limit: int,
+        started: float,
+        known: KnownHeaders,
+    ) -> None:
+        """A predict route over ASGI: the whole body, then :meth:`serve`, then one response."""
+        route, params = served
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away before sending its body
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await self._send_413(send, limit, state["request_id"])
+                self.observe(route.path, scope["method"], 413, started, state, _url(scope), _client(scope))
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        request = WireRequest(
+            method=scope["method"],
+            path=scope["path"],
+            query=scope.get("query_string", b""),
+            headers=scope["headers"],
+            body=chunks[0] if len(chunks) == 1 else b"".join(chunks),
+            server=self.owner.state.server,
+            state=state,
+            params=params,
+            content_type=known.content_type,
+            api_key=known.api_key,
+            authorization=known.authorization,
+        )
+        response = await self.serve(route, request, started, client=_client(scope))
+        await send(
+            {"type": "http.response.start", "status": response.status, "headers": response.asgi_headers()}
+        )
+        await send({"type": "http.response.body", "body": response.body})
+
+    async def serve(
+        self, route: ServingRoute, request: WireRequest, started: float, *, client: str | None
+    ) -> WireResponse:
+        """Serve a predict route: its endpoint, errors rendered as the app renders them, the request
+        id and rate-limit headers, usage, metrics and the access log. The caller writes the answer
+        (ASGI, or the protocol straight to the socket)."""
+        try:
+            response = await route.endpoint(request)
+        except Exception as exc:
+            response = wire_error(exc, method=request.method, path=request.path)
+        state = request.state
+        headers = response.headers
+        headers.append((b"x-request-id", state["request_id"].encode()))
+        rate = state.get("rate_headers")
+        if rate:
+            for name, value in rate.items():
+                headers.append((_header_name(name), value.encode()))
+        admission = state.pop("admission", None)
+        if admission is not None:
+            gate = request.server.gate
+            gate.record(admission, outcome="ok" if response.status < 400 else "error")
+            if self.usage_sync:
+                await request.server.usage.wait_flushed()  # durable before the client sees it
+        self.observe(route.path, request.method, response.status, started, state, _url_of(request), client)
+        return response
+
+    async def _pass_on(
+        self, scope: Scope, receive: Receive, send: Send, state: dict[str, Any], limit: int, started: float
+    ) -> None:
+        """Every other request: FastAPI's stack, with the edge's headers, body limit and records."""
+        status = 500
         received = 0
 
         async def send_wrapper(message: Message) -> None:
@@ -131,9 +221,9 @@ class Edge:
                     server.gate.record(state.pop("admission"), outcome="ok" if status < 400 else "error")
                     await server.usage.wait_flushed()
                 headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
+                headers.append((b"x-request-id", state["request_id"].encode()))
                 for name, value in (state.get("rate_headers") or {}).items():
-                    headers.append((name.lower().encode(), value.encode()))
+                    headers.append((_header_name(name), value.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -147,73 +237,57 @@ class Edge:
                     raise PayloadTooLarge(f"request body exceeds {limit} bytes")
             return message
 
-        if not reserved:
-            self.inflight += 1
         try:
-            if content_length > limit:
-                await self._send_413(send_wrapper, limit)
-            elif (served := self._match(scope, cross_origin)) is not None:
-                route, params = served
-                scope["app"] = self.owner
-                scope["route"] = route
-                scope["path_params"] = params
-                try:
-                    response = await route.endpoint(Request(scope, receive_wrapper))
-                except Exception as exc:
-                    response = response_for(exc, method=scope["method"], path=scope["path"])
-                await response(scope, receive_wrapper, send_wrapper)
-            else:
-                await self.app(scope, receive_wrapper, send_wrapper)
+            await self.app(scope, receive_wrapper, send_wrapper)
         finally:
-            self.inflight -= 1
-            elapsed = time.perf_counter() - started
-            admission = state.get("admission")
+            admission = state.pop("admission", None)
             if admission is not None:
                 # Durable usage, batched by the recorder: no I/O here.
-                outcome = "ok" if status < 400 else "error"
-                self.owner.state.server.gate.record(admission, outcome=outcome)
+                self.owner.state.server.gate.record(admission, outcome="ok" if status < 400 else "error")
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
-            key = (template, scope["method"], status)
-            children = self._children.get(key)
-            if children is None:
-                children = (
-                    self.metrics.http_requests.labels(template, scope["method"], str(status)),
-                    self.metrics.http_latency.labels(template),
-                )
-                if len(self._children) < _MAX_LABEL_SETS:  # methods are client-chosen: bounded
-                    self._children[key] = children
-            children[0].inc()
-            children[1].observe(elapsed)
-            self.access_log.write(
-                AccessRecord(
-                    method=scope["method"],
-                    url=_url(scope),
-                    status=status,
-                    duration_ms=round(elapsed * 1000, 3),
-                    request_id=request_id,
-                    model=state.get("model"),
-                    version=state.get("version"),
-                    key_id=state.get("key_id"),
-                    client=scope["client"][0] if scope.get("client") else None,
-                )
-            )
+            self.observe(template, scope["method"], status, started, state, _url(scope), _client(scope))
 
-    async def _send_413(self, send: Send, limit: int) -> None:
-        body = orjson.dumps(
-            {"error": {"code": "payload_too_large", "message": f"request body exceeds {limit} bytes"}}
+    def observe(
+        self,
+        template: str,
+        method: str,
+        status: int,
+        started: float,
+        state: dict[str, Any],
+        url: str,
+        client: str | None,
+    ) -> None:
+        """A finished request: the HTTP metrics and the access-log line."""
+        elapsed = time.perf_counter() - started
+        key = (template, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.metrics.http_requests.labels(template, method, str(status)),
+                self.metrics.http_latency.labels(template),
+            )
+            if len(self._children) < _MAX_LABEL_SETS:  # methods are client-chosen: bounded
+                self._children[key] = children
+        children[0].inc()
+        children[1].observe(elapsed)
+        self.access_log.line(
+            method,
+            url,
+            status,
+            round(elapsed * 1000, 3),
+            state["request_id"],
+            state.get("model"),
+            state.get("version"),
+            state.get("key_id"),
+            client,
         )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+
+    async def _send_413(self, send: Send, limit: int, request_id: str) -> None:
+        response = wire_error(PayloadTooLarge(f"request body exceeds {limit} bytes"), method="", path="")
+        response.headers.append((b"x-request-id", request_id.encode()))
+        await send({"type": "http.response.start", "status": 413, "headers": response.asgi_headers()})
+        await send({"type": "http.response.body", "body": response.body})
 
     def _match(self, scope: Scope, cross_origin: bool) -> Any:
         if scope.get("root_path") or (cross_origin and self.bypass_cross_origin):
@@ -278,28 +352,30 @@ _ids = random.Random(os.urandom(32))
 os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 
 
-def _scan_headers(scope: Scope) -> tuple[str, bool, int]:
-    """One pass over the headers: (request id, cross-origin?, declared content length)."""
-    request_id = ""
-    cross_origin = False
-    length = 0
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                length = int(value)
-            except ValueError:
-                length = 0
-        elif name == b"x-request-id" and not request_id:
-            candidate = value.decode("latin-1")
-            request_id = candidate if _REQUEST_ID.match(candidate) else "-"
-        elif name == b"origin":
-            cross_origin = True
-    if not request_id or request_id == "-":
-        request_id = f"{_ids.getrandbits(128):032x}"
-    return request_id, cross_origin, length
+def request_id_for(known: KnownHeaders) -> str:
+    """The client's well-formed ``x-request-id``, else a new one."""
+    rid = known.request_id
+    if not rid or rid == "-":
+        rid = f"{_ids.getrandbits(128):032x}"
+    return rid
 
 
 def _url(scope: Scope) -> str:
     path: str = scope.get("path", "")
     query: bytes = scope.get("query_string", b"")
     return f"{path}?{query.decode('latin-1')}" if query else path
+
+
+def _url_of(request: WireRequest) -> str:
+    return f"{request.path}?{request.query.decode('latin-1')}" if request.query else request.path
+
+
+def _client(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
+
+
+@functools.cache
+def _header_name(name: str) -> bytes:
+    """``X-RateLimit-Limit`` -> ``b"x-ratelimit-limit"`` (a handful of names, encoded once)."""
+    return name.lower().encode("latin-1")

@@ -6,13 +6,13 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
+from starlette.responses import Response
 
 from mlgate.errors import InvalidInput, MlgateError
-from mlgate.http.deps import json_body, server_of, version_ref
+from mlgate.http.deps import json_body, server_of, to_starlette, version_ref
+from mlgate.http.endpoints import model_predict
 from mlgate.http.gateway import admit, authenticate
 from mlgate.http.jsonio import JSONResponse
-from mlgate.http.serving import ServingRoutes
-from mlgate.payloads import read_body
 from mlgate.types import ModelInfo, VersionInfo
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -94,17 +94,6 @@ async def get_model(name: str, request: Request) -> JSONResponse:
     return JSONResponse(body)
 
 
-async def _predict(request: Request, name: str, ref: str | int | None) -> JSONResponse:
-    payload = read_body(await request.body(), request.headers.get("content-type", ""))
-    await admit(request, model=name)
-    prediction = await server_of(request).dataplane.predict(name, payload, version=ref)
-    request.state.model = prediction.model
-    request.state.version = str(prediction.version)
-    return JSONResponse(
-        {"model_name": prediction.model, "model_version": prediction.version, "outputs": prediction.output}
-    )
-
-
 async def _batch(request: Request, name: str, ref: str | int | None) -> JSONResponse:
     body = await json_body(request)
     inputs = body.get("inputs") if isinstance(body, dict) else None
@@ -128,8 +117,8 @@ async def _batch(request: Request, name: str, ref: str | int | None) -> JSONResp
 @router.post(
     "/{name}/predict", summary="Predict with the production version (or ?version=)", openapi_extra=_ANY_JSON
 )
-async def predict(name: str, request: Request, version: str | None = None) -> JSONResponse:
-    return await _predict(request, name, version_ref(version))
+async def predict(name: str, request: Request, version: str | None = None) -> Response:
+    return await to_starlette(model_predict, request)
 
 
 @router.post(
@@ -137,8 +126,8 @@ async def predict(name: str, request: Request, version: str | None = None) -> JS
     summary="Predict with a version number or alias",
     openapi_extra=_ANY_JSON,
 )
-async def predict_version(name: str, version: str, request: Request) -> JSONResponse:
-    return await _predict(request, name, version_ref(version))
+async def predict_version(name: str, version: str, request: Request) -> Response:
+    return await to_starlette(model_predict, request)
 
 
 @router.post("/{name}/batch", summary="Many inputs in one call, answered in order", openapi_extra=_BATCH_JSON)
@@ -153,15 +142,3 @@ async def batch(name: str, request: Request, version: str | None = None) -> JSON
 )
 async def batch_version(name: str, version: str, request: Request) -> JSONResponse:
     return await _batch(request, name, version_ref(version))
-
-
-async def _serve_predict(request: Request) -> JSONResponse:
-    params = request.path_params
-    ref = params["version"] if "version" in params else request.query_params.get("version")
-    return await _predict(request, params["name"], version_ref(ref))
-
-
-def install_serving_routes(serving: ServingRoutes) -> None:
-    """The predict routes on the edge's hot path (the routes above stay for the OpenAPI docs)."""
-    for path in ("/v1/models/{name}/predict", "/v1/models/{name}/versions/{version}/predict"):
-        serving.add(path, _serve_predict)

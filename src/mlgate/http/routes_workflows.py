@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 
-from mlgate.errors import InvalidInput, NotFound
+from mlgate.errors import InvalidInput, NotFound, Overloaded
 from mlgate.http.deps import json_body, require_admin, require_caller, server_of
 from mlgate.http.gateway import admit
 from mlgate.http.jsonio import JSONResponse
@@ -41,7 +41,10 @@ def owner_of(caller: Caller) -> str:
 
 
 def _service(request: Request) -> WorkflowService:
-    return server_of(request).workflows
+    workflows = server_of(request).workflows
+    if workflows is None:  # FastAPI routes run only once the rest of the app is built
+        raise Overloaded("the workflow service is starting; retry shortly", retry_after=1.0)
+    return workflows
 
 
 def workflow_json(w: WorkflowRecord, *, full: bool = True) -> dict[str, Any]:

@@ -1,20 +1,27 @@
-"""The predict routes' table, served by the edge before FastAPI's stack."""
+"""The predict routes' table: endpoints on raw requests, served by the edge before FastAPI.
+
+An endpoint takes a :class:`~mlgate.http.wire.WireRequest` and returns a
+:class:`~mlgate.http.wire.WireResponse`. The edge serves it from ASGI
+(:class:`mlgate.http.middleware.Edge`) and ``mlgate serve``'s protocol serves it straight from
+the parsed HTTP request (:mod:`mlgate.http.protocol`); :func:`mlgate.http.deps.starlette_endpoint`
+wraps the same endpoint as a FastAPI route, registered for the OpenAPI docs and for the requests
+the edge passes on to FastAPI (a ``root_path``, a cross-origin request when CORS is configured).
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.convertors import Convertor
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import compile_path
+from starlette.convertors import CONVERTOR_TYPES, Convertor
 
-__all__ = ["Endpoint", "ServingRoute", "ServingRoutes"]
+from mlgate.http.wire import WireRequest, WireResponse
 
-Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
+__all__ = ["ServingRoute", "ServingRoutes", "WireEndpoint", "compile_path"]
+
+WireEndpoint = Callable[[WireRequest], Awaitable[WireResponse]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +30,7 @@ class ServingRoute:
 
     path: str
     method: str
-    endpoint: Endpoint
+    endpoint: WireEndpoint
     regex: re.Pattern[str]
     convertors: dict[str, Convertor[Any]]
 
@@ -33,19 +40,17 @@ class ServingRoutes:
 
     FastAPI's stack costs ~100 µs per request before an endpoint runs (its telemetry switch
     reads the environment, four middlewares, matching every router, dependency solving, an
-    exit stack). The predict routes are registered here and served by the edge directly, with
-    the same endpoints (which take only the ``Request``) and the same error rendering
-    (:func:`mlgate.http.errors.response_for`); the FastAPI route registered for the same path
-    stays, for the OpenAPI docs and for requests the edge passes on (a ``root_path``, a
-    cross-origin request when CORS is configured, another method).
+    exit stack); Starlette's request and response objects ~20 µs more. The predict routes are
+    registered here and served from raw parts, with errors rendered as the app's handlers
+    render them (:func:`mlgate.http.errors.wire_error`).
     """
 
     def __init__(self) -> None:
         self._exact: dict[tuple[str, str], ServingRoute] = {}
         self._patterns: list[ServingRoute] = []
 
-    def add(self, path: str, endpoint: Endpoint, *, method: str = "POST") -> None:
-        regex, _, convertors = compile_path(path)
+    def add(self, path: str, endpoint: WireEndpoint, *, method: str = "POST") -> None:
+        regex, convertors = compile_path(path)
         route = ServingRoute(path, method.upper(), endpoint, regex, convertors)
         if convertors:
             self._patterns.append(route)
@@ -63,3 +68,23 @@ class ServingRoutes:
                     params = {k: route.convertors[k].convert(v) for k, v in found.groupdict().items()}
                     return route, params
         return None
+
+
+_PARAM = re.compile(r"{([a-zA-Z_][a-zA-Z0-9_]*)(:[a-zA-Z_][a-zA-Z0-9_]*)?}")
+
+
+def compile_path(path: str) -> tuple[re.Pattern[str], dict[str, Convertor[Any]]]:
+    """``/v1/models/{name}/predict`` -> (a regex with named groups, the parameters' convertors),
+    as Starlette routes compile their paths (its convertors: ``{name}``, ``{n:int}``, ``{p:path}``)."""
+    pattern = "^"
+    convertors: dict[str, Convertor[Any]] = {}
+    end = 0
+    for match in _PARAM.finditer(path):
+        name, kind = match.group(1), (match.group(2) or ":str")[1:]
+        if name in convertors:
+            raise ValueError(f"duplicated parameter {name!r} in {path!r}")
+        convertor = CONVERTOR_TYPES[kind]
+        pattern += re.escape(path[end : match.start()]) + f"(?P<{name}>{convertor.regex})"
+        convertors[name] = convertor
+        end = match.end()
+    return re.compile(pattern + re.escape(path[end:]) + "$"), convertors

@@ -57,6 +57,12 @@ class _Input:
     def item_shape(self) -> tuple[int | None, ...]:
         return self.shape if self.batch == "none" else self.shape[1:]
 
+    @property
+    def fixed_item_shape(self) -> tuple[int, ...] | None:
+        """:attr:`item_shape` when no dimension is symbolic (an exact ``==`` check), else None."""
+        shape = self.item_shape
+        return None if any(d is None for d in shape) else tuple(d for d in shape if d is not None)
+
     def describe(self) -> str:
         return "[" + ", ".join("?" if d is None else str(d) for d in self.item_shape) + "]"
 
@@ -83,6 +89,7 @@ class OnnxRuntime(ModelRuntime):
     def __init__(self) -> None:
         self._session: Any = None
         self._inputs: list[_Input] = []
+        self._row_shape: tuple[int, ...] | None = None  # the one input's shape, when fully fixed
         self._outputs: list[tuple[str, str, list[Any]]] = []
 
     def load(self, ctx: LoadContext) -> None:
@@ -104,6 +111,7 @@ class OnnxRuntime(ModelRuntime):
         self._inputs = [_spec(node) for node in session.get_inputs()]
         if not self._inputs:
             raise ConfigurationError("onnx model has no inputs")
+        self._row_shape = self._inputs[0].fixed_item_shape if len(self._inputs) == 1 else None
         self._outputs = [(o.name, o.type, list(o.shape or [])) for o in session.get_outputs()]
         self._session = session
 
@@ -112,6 +120,15 @@ class OnnxRuntime(ModelRuntime):
     def decode(self, payload: Any) -> Any:
         if len(self._inputs) == 1:
             spec = self._inputs[0]
+            if (
+                type(payload) is np.ndarray
+                and payload.dtype == spec.dtype
+                and payload.shape == self._row_shape
+            ):
+                # A processor's row (the temperature window): already the tensor; only finiteness left.
+                if payload.dtype.kind != "f" or np.isfinite(payload).all():
+                    return payload
+                raise InvalidInput(f"input '{spec.name}' contains NaN or infinity")
             if isinstance(payload, Mapping):
                 if len(payload) != 1 or next(iter(payload)) not in ("inputs", spec.name):
                     raise InvalidInput(f"expected a tensor or {{'{spec.name}': tensor}}")
@@ -151,12 +168,32 @@ class OnnxRuntime(ModelRuntime):
     def predict(self, batch: list[Any]) -> list[Any]:
         if not batch:
             return []
+        if len(batch) > 1 and len(self._inputs) == 1 and self._inputs[0].batch == "dynamic":
+            stacked = self._run_stacked_single(batch)
+            if stacked is not None:
+                return stacked
         items = [self._feeds(x) for x in batch]
         if len(items) > 1 and all(s.batch == "dynamic" for s in self._inputs):
             stacked = self._run_stacked(items)
             if stacked is not None:
                 return stacked
         return [self._run_one(feeds) for feeds in items]
+
+    def _run_stacked_single(self, batch: list[Any]) -> list[Any] | None:
+        """One input, rows of one shape (the common case): one stack, one run, rows split in C."""
+        first = batch[0]
+        if isinstance(first, dict):
+            return None
+        shape = first.shape
+        if any(x.shape != shape for x in batch):
+            return None
+        outputs = self._session.run(None, {self._inputs[0].name: np.stack(batch)})
+        n = len(batch)
+        if not all(_length(out) == n for out in outputs):
+            return None
+        if len(outputs) == 1:
+            return list(outputs[0])  # iterating an array yields its rows
+        return [self._pack([out[i] for out in outputs]) for i in range(n)]
 
     def _feeds(self, item: Any) -> dict[str, np.ndarray]:
         if isinstance(item, dict):

@@ -18,6 +18,7 @@ import logging
 import logging.handlers
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -25,7 +26,7 @@ import orjson
 
 from mlgate.settings import LogSettings
 
-__all__ = ["AccessLog", "AccessRecord"]
+__all__ = ["AccessLog", "AccessRecord", "utc_stamp"]
 
 #: How often the writer thread drains pending lines (a line reaches the file within this).
 _FLUSH_S = 0.05
@@ -47,6 +48,29 @@ class AccessRecord:
     client: str | None = None
 
 
+# The date of the last second stamped: (whole seconds, "YYYY-MM-DDTHH:MM:SS"). A line's date is
+# this prefix plus its milliseconds: datetime.now(UTC).isoformat() cost ~5 µs per request.
+_second: tuple[int, str] = (-1, "")
+
+
+def utc_stamp(now: float) -> str:
+    """``now`` (epoch seconds) as ``datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")``.
+
+    >>> utc_stamp(0.25)
+    '1970-01-01T00:00:00.250+00:00'
+    """
+    global _second
+    whole = int(now)
+    micros = round((now - whole) * 1e6)  # as datetime rounds a timestamp: to the microsecond
+    if micros >= 1_000_000:
+        whole += 1
+        micros -= 1_000_000
+    cached = _second
+    if cached[0] != whole:
+        cached = _second = (whole, datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{cached[1]}.{micros // 1000:03d}+00:00"
+
+
 class _Raw(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return record.getMessage()
@@ -57,7 +81,7 @@ class AccessLog:
 
     def __init__(self, settings: LogSettings) -> None:
         self._settings = settings
-        self._pending: collections.deque[str] = collections.deque()
+        self._pending: collections.deque[bytes] = collections.deque()
         self._handlers: list[logging.Handler] = []
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -97,21 +121,46 @@ class AccessLog:
         self._handlers = []
 
     def write(self, record: AccessRecord) -> None:
+        self.line(
+            record.method,
+            record.url,
+            record.status,
+            record.duration_ms,
+            record.request_id,
+            record.model,
+            record.version,
+            record.key_id,
+            record.client,
+        )
+
+    def line(
+        self,
+        method: str,
+        url: str,
+        status: int,
+        duration_ms: float,
+        request_id: str,
+        model: str | None,
+        version: str | None,
+        key_id: str | None,
+        client: str | None,
+    ) -> None:
+        """:meth:`write` without building an :class:`AccessRecord` (the edge's per-request call)."""
         if not self._running:
             return
         line = {
-            "date": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "method": record.method,
-            "url": record.url,
-            "status": record.status,
-            "duration_ms": record.duration_ms,
-            "request_id": record.request_id,
-            "model": record.model,
-            "version": record.version,
-            "key_id": record.key_id,
-            "client": record.client,
+            "date": utc_stamp(time.time()),
+            "method": method,
+            "url": url,
+            "status": status,
+            "duration_ms": duration_ms,
+            "request_id": request_id,
+            "model": model,
+            "version": version,
+            "key_id": key_id,
+            "client": client,
         }
-        self._pending.append(orjson.dumps(line).decode())  # deque.append: atomic, thread-safe
+        self._pending.append(orjson.dumps(line))  # deque.append: atomic, thread-safe
 
     # -- the writer thread ------------------------------------------------------------------
 
@@ -123,13 +172,13 @@ class AccessLog:
     def _drain(self) -> None:
         pending = self._pending
         while pending:
-            batch: list[str] = []
+            batch: list[bytes] = []
             try:
                 while len(batch) < _MAX_BATCH:
                     batch.append(pending.popleft())
             except IndexError:
                 pass
-            text = "\n".join(batch)
+            text = b"\n".join(batch).decode()
             if not text.isascii():
                 text = text.translate(_UNICODE_LINE_BREAKS)
             record = logging.LogRecord("mlgate.access", logging.INFO, __file__, 0, text, None, None)

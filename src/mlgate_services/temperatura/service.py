@@ -48,9 +48,10 @@ class TemperatureProcessor:
 
     def decode(self, payload: Any) -> np.ndarray:
         """The 60 readings as one float64 row, checked once (the runtime takes the array as is)."""
-        payload = _unwrap(payload)
-        if not isinstance(payload, dict) or "temperaturas" not in payload:
-            raise InvalidInput(f'se espera {{"temperaturas": [{WINDOW} números]}}')
+        if type(payload) is not dict or "temperaturas" not in payload:
+            payload = _unwrap(payload)
+            if not isinstance(payload, dict) or "temperaturas" not in payload:
+                raise InvalidInput(f'se espera {{"temperaturas": [{WINDOW} números]}}')
         values = payload["temperaturas"]
         if not isinstance(values, list) or len(values) != WINDOW:
             raise InvalidInput(WRONG_COUNT)
@@ -62,10 +63,9 @@ class TemperatureProcessor:
             row = np.array(values, dtype=np.float64)
         except OverflowError:
             raise InvalidInput(NOT_NUMBERS) from None
-        if not np.isfinite(row).all():
-            raise InvalidInput(NOT_NUMBERS)
-        if np.abs(row).max() > PLAUSIBLE_C:
-            raise InvalidInput(OUT_OF_RANGE)
+        # One reduction checks both: NaN fails every comparison, infinity is out of range.
+        if not np.abs(row).max() <= PLAUSIBLE_C:
+            raise InvalidInput(OUT_OF_RANGE if np.isfinite(row).all() else NOT_NUMBERS)
         return row
 
     def encode(self, output: Any) -> dict[str, Any]:

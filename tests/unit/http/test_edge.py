@@ -24,7 +24,7 @@ def run(tmp_path: Path, body: Call, **overrides: object) -> None:
     app = create_app(settings)
 
     async def main() -> None:
-        async with app.router.lifespan_context(app):
+        async with app.lifespan_context():
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
                 await body(client)

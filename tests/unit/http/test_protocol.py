@@ -1,4 +1,4 @@
-"""SheddingProtocol on a real uvicorn server (loopback): at capacity a request is refused with
+"""MlgateProtocol on a real uvicorn server (loopback): at capacity a request is refused with
 the edge's preencoded 503 before any ASGI work; keep-alive, probes and ordering still hold."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import uvicorn
 
 from mlgate.http.middleware import Edge
-from mlgate.http.protocol import SheddingProtocol
+from mlgate.http.protocol import MlgateProtocol
 from mlgate.settings import LogSettings
 from mlgate.telemetry.access_log import AccessLog
 from mlgate.telemetry.metrics import Metrics
@@ -64,7 +64,7 @@ def _serve(tmp_path: Path, test: Callable[[Holder, int], Awaitable[None]]) -> No
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        config = uvicorn.Config(holder, http=SheddingProtocol, log_level="warning", access_log=False)
+        config = uvicorn.Config(holder, http=MlgateProtocol, log_level="warning", access_log=False)
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
@@ -121,7 +121,9 @@ def test_at_capacity_a_request_is_refused_before_asgi_and_the_connection_stays_u
         status, _, body = await _read_response(reader)
         assert (status, body) == (200, b"ok")
         assert holder.calls == ["/slow", "/healthz", "/predict"]
-        shed = holder.metrics.http_requests.labels("(shed)", "POST", "503")._value.get()
+        shed = holder.metrics.registry.get_sample_value(
+            "mlgate_http_requests_total", {"route": "(shed)", "method": "POST", "status": "503"}
+        )
         assert shed == 1
         assert holder.edge.inflight == 0  # every reserved slot was given back
         writer.close()

@@ -1,0 +1,135 @@
+"""The endpoints the edge serves itself, from raw requests: predict routes and probes.
+
+Importing this module loads no web framework beyond what the edge needs (no FastAPI), so a
+server answers these from its first second while FastAPI — the admin API, the docs — is built
+in the background (:class:`mlgate.http.app.MlgateApp`). FastAPI registers the same endpoints
+too (``routes_services``, ``routes_models``, ``routes_ops``), for the OpenAPI docs and for the
+requests the edge passes on to it.
+
+- ``POST <service path>`` (``/prod``, ``/prodfaces``, ``/predict``): a service's original
+  route, its original envelope for answers and errors (:func:`service_endpoint`);
+- ``POST /v1/models/{name}[/versions/{version}]/predict``: the native route (:func:`model_predict`);
+- ``GET /healthz``, ``/readyz``, ``/metrics``: liveness, readiness, Prometheus.
+"""
+
+from __future__ import annotations
+
+from mlgate.errors import MlgateError
+from mlgate.http.gateway import GatewayRejected, admit_parts
+from mlgate.http.serving import ServingRoutes, WireEndpoint
+from mlgate.http.wire import WireRequest, WireResponse
+from mlgate.payloads import read_body
+from mlgate.telemetry.metrics import CONTENT_TYPE
+from mlgate.types import RouteAdapter, Service
+
+__all__ = [
+    "MODEL_PREDICT_PATHS",
+    "healthz",
+    "install",
+    "metrics",
+    "model_predict",
+    "readyz",
+    "service_endpoint",
+    "version_ref",
+]
+
+MODEL_PREDICT_PATHS = ("/v1/models/{name}/predict", "/v1/models/{name}/versions/{version}/predict")
+
+
+def version_ref(raw: str | None) -> str | int | None:
+    """A version path/query parameter: digits are a version number, anything else an alias."""
+    from mlgate.errors import InvalidInput
+
+    if raw is None or raw == "":
+        return None
+    if raw.isdigit():
+        number = int(raw)
+        if number < 1:
+            raise InvalidInput("version numbers start at 1")
+        return number
+    return raw
+
+
+def service_endpoint(adapter: RouteAdapter) -> WireEndpoint:
+    """A service's original predict route: its parse, the gateway, the model, its envelopes."""
+
+    async def endpoint(request: WireRequest) -> WireResponse:
+        try:
+            payload = adapter.parse(request.body, request.content_type)
+            await admit_parts(
+                request.server,
+                request.state,
+                path=request.path,
+                api_key=request.api_key,
+                authorization=request.authorization,
+                model=adapter.model,
+                declared=adapter.auth,
+                original=adapter.render_error,
+            )
+            prediction = await request.server.dataplane.predict(adapter.model, payload)
+        except GatewayRejected:
+            raise
+        except MlgateError as exc:
+            status, body = adapter.render_error(exc.status, exc.message)
+            retry_after = getattr(exc, "retry_after", None)
+            headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
+            return WireResponse.json(body, status, headers)
+        request.state["model"] = prediction.model
+        request.state["version"] = str(prediction.version)
+        status, body = adapter.render(prediction.output)
+        return WireResponse.json(body, status)
+
+    return endpoint
+
+
+async def model_predict(request: WireRequest) -> WireResponse:
+    """``POST /v1/models/{name}[/versions/{version}]/predict`` (``?version=`` on the first)."""
+    params = request.params
+    name = params["name"]
+    ref = version_ref(params["version"] if "version" in params else request.query_param("version"))
+    payload = read_body(request.body, request.content_type)
+    await admit_parts(
+        request.server,
+        request.state,
+        path=request.path,
+        api_key=request.api_key,
+        authorization=request.authorization,
+        model=name,
+    )
+    prediction = await request.server.dataplane.predict(name, payload, version=ref)
+    request.state["model"] = prediction.model
+    request.state["version"] = str(prediction.version)
+    return WireResponse.json(
+        {"model_name": prediction.model, "model_version": prediction.version, "outputs": prediction.output}
+    )
+
+
+async def healthz(request: WireRequest) -> WireResponse:
+    """Liveness: the process answers."""
+    return WireResponse.json({"status": "ok"})
+
+
+async def readyz(request: WireRequest) -> WireResponse:
+    """Readiness: startup finished, every aliased model loaded, not draining."""
+    server = request.server
+    ready = server.dataplane.ready and not server.draining
+    status = "draining" if server.draining else "ready" if ready else "starting"
+    loaded = [f"{m.info.model}:{m.info.version}" for m in server.dataplane.loaded()]
+    return WireResponse.json({"status": status, "loaded": loaded}, 200 if ready else 503)
+
+
+async def metrics(request: WireRequest) -> WireResponse:
+    """Prometheus metrics (text exposition)."""
+    return WireResponse(200, request.server.metrics.render(), content_type=CONTENT_TYPE.encode("latin-1"))
+
+
+def install(serving: ServingRoutes, services: list[Service]) -> None:
+    """Register every edge-served endpoint."""
+    for path in MODEL_PREDICT_PATHS:
+        serving.add(path, model_predict)
+    for service in services:
+        for adapter in service.routes:
+            serving.add(adapter.path, service_endpoint(adapter), method=adapter.method)
+    serving.add("/healthz", healthz, method="GET")
+    serving.add("/readyz", readyz, method="GET")
+    serving.add("/metrics", metrics, method="GET")
