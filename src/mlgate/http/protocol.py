@@ -32,6 +32,7 @@ once per connection through uvicorn's wrappers). Anything else takes uvicorn's n
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import urllib.parse
@@ -44,7 +45,7 @@ from mlgate.errors import PayloadTooLarge
 from mlgate.http.errors import wire_error
 from mlgate.http.middleware import Edge, request_id_for
 from mlgate.http.serving import ServingRoute
-from mlgate.http.wire import KnownHeaders, WireRequest, WireResponse, encode_http11, scan_headers
+from mlgate.http.wire import WireRequest, WireResponse, encode_http11, scan_headers
 
 __all__ = ["MlgateProtocol"]
 
@@ -75,63 +76,34 @@ _OPAQUE_PROXY: Any = object()
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class _LaneCycle:
-    """A predict-lane request in progress: what uvicorn reads of a cycle (``response_complete``,
-    ``disconnected``, ``keep_alive``, ``message_event``) plus the request being collected."""
+class _LaneCycle(WireRequest):
+    """A predict-lane request in progress, and the request its endpoint gets: what uvicorn reads of
+    a cycle (``response_complete``, ``disconnected``, ``keep_alive``, ``message_event``) on top of
+    the :class:`~mlgate.http.wire.WireRequest` (one object per request, not two)."""
 
     __slots__ = (
-        "body",
+        "chunks",
         "client",
         "disconnected",
-        "headers",
         "keep_alive",
-        "known",
         "limit",
         "message_event",
-        "method",
-        "params",
-        "path",
-        "query",
         "response_complete",
         "route",
         "size",
         "started",
-        "state",
     )
 
-    def __init__(
-        self,
-        route: ServingRoute,
-        params: dict[str, Any],
-        method: str,
-        path: str,
-        query: bytes,
-        headers: list[tuple[bytes, bytes]],
-        known: KnownHeaders,
-        *,
-        request_id: str,
-        limit: int,
-        keep_alive: bool,
-        client: str | None,
-        started: float,
-    ) -> None:
-        self.route = route
-        self.params = params
-        self.method = method
-        self.path = path
-        self.query = query
-        self.headers = headers
-        self.known = known
-        self.state: dict[str, Any] = {"request_id": request_id}
-        self.limit = limit
-        self.keep_alive = keep_alive
-        self.client = client
-        self.started = started
-        self.body: list[bytes] = []
-        self.size = 0
-        self.response_complete = False
-        self.disconnected = False
-        self.message_event = _NO_EVENT
+    route: ServingRoute
+    chunks: list[bytes]
+    size: int
+    limit: int
+    keep_alive: bool
+    client: str | None
+    started: float
+    response_complete: bool
+    disconnected: bool
+    message_event: _NoEvent
 
 
 # The server's default headers (``date``) as header lines, re-encoded when uvicorn replaces the
@@ -152,32 +124,113 @@ def _default_header_bytes(default_headers: list[tuple[bytes, bytes]]) -> bytes:
 class MlgateProtocol(HttpToolsProtocol):
     _edge: Any = _UNSET
     _proxy: Any = None  # uvicorn's trusted-hosts rule, when it reads proxy headers
+    _scoped = True  # whether uvicorn's ASGI scope of the current request has been built
+    _shedding = False  # the current request will be refused at headers-complete
+    _idle_since: float | None = None  # loop time the connection went idle; None: busy
+    _idle_timer: asyncio.TimerHandle | None = None
 
     # -- parser callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        # uvicorn builds the request's ASGI scope here; the lane and a refusal never use it, so it
+        # is built only for a request that goes uvicorn's way (_scope).
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self._scoped = False
+        self._shedding = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._shedding:
+            return  # refused at headers-complete, whatever it says
+        if not self.headers and self._refuse_now():
+            self._shedding = True
+            return
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         edge = self._edge
         if edge is _UNSET:
             edge, self._proxy = _find_edge(self.app)
             self._edge = edge
+        if self._shedding:
+            self._shed(edge)
+            return
         if (
             edge is None
             or not (self.cycle is None or self.cycle.response_complete)  # pipelined: uvicorn queues it
             or self.parser.should_upgrade()
         ):
+            self._scope()
             super().on_headers_complete()
             return
         parsed = httptools.parse_url(self.url)
-        if edge.at_capacity():
-            path = parsed.path.decode("latin-1")
-            if edge.sheds(path):
-                self._shed(edge)
-                return
+        if edge.at_capacity() and edge.sheds(parsed.path.decode("latin-1")):
+            self._shed(edge)
+            return
         if self.root_path or not self._start_lane(edge, parsed):
             # Admitted: its ASGI task starts now (uvicorn's standard case), and the edge counts it in
             # flight from this moment, so the next request parsed in this same loop iteration sees it.
+            self._scope()
             edge.reserve(self.scope)
             super().on_headers_complete()
+
+    def _scope(self) -> None:
+        """Build the ASGI scope with uvicorn's own code, keeping what was parsed so far."""
+        if not self._scoped:
+            url, headers, expect = self.url, self.headers, self.expect_100_continue
+            super().on_message_begin()
+            self.url, self.headers, self.expect_100_continue = url, headers, expect
+            self.scope["headers"] = headers
+            self._scoped = True
+
+    def _refuse_now(self) -> bool:
+        """At the request's first header (its request line is parsed): will it be shed? Then its
+        headers need not be kept. The same conditions as at headers-complete."""
+        edge = self._edge
+        if edge is _UNSET:
+            edge, self._proxy = _find_edge(self.app)
+            self._edge = edge
+        if edge is None or not edge.at_capacity() or not (self.cycle is None or self.cycle.response_complete):
+            return False
+        return bool(edge.sheds(httptools.parse_url(self.url).path.decode("latin-1")))
+
+    # -- keep-alive: one timer per idle connection, not one per response ----------------------
+
+    def _unset_keepalive_if_required(self) -> None:
+        self._idle_since = None  # data arrived: busy (the timer, if any, finds out when it fires)
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, but the keep-alive timeout is armed once and re-armed when it fires, instead of a
+        # timer created per response and cancelled by the next request's data.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        since = self._idle_since
+        if since is None or self.transport.is_closing():
+            return  # busy: the next response arms the timer again
+        idle = self.loop.time() - since
+        if idle >= self.timeout_keep_alive:
+            self.timeout_keep_alive_handler()
+        else:
+            self._idle_timer = self.loop.call_later(self.timeout_keep_alive - idle, self._idle_check)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        super().connection_lost(exc)
 
     def on_body(self, body: bytes) -> None:
         cycle: Any = self.cycle
@@ -190,7 +243,7 @@ class MlgateProtocol(HttpToolsProtocol):
         if cycle.size > cycle.limit:
             self._too_large(cycle)
             return
-        cycle.body.append(body)
+        cycle.chunks.append(body)
 
     def on_message_complete(self) -> None:
         cycle: Any = self.cycle
@@ -234,23 +287,32 @@ class MlgateProtocol(HttpToolsProtocol):
         known = scan_headers(headers)
         if known.cross_origin and edge.bypass_cross_origin:
             return False  # CORS is FastAPI's middleware's
-        if self._proxy is _OPAQUE_PROXY and any(name == b"x-forwarded-for" for name, _ in headers):
+        if self._proxy is _OPAQUE_PROXY and known.forwarded:
             return False  # a proxy-headers middleware whose rule we cannot read: let it run
         limit = edge.path_limits.get(path, edge.max_body_bytes)
         cycle = _LaneCycle(
-            served[0],
-            served[1],
             method,
             path,
             parsed.query or b"",
             headers,
-            known,
-            request_id=request_id_for(known),
-            limit=limit,
-            keep_alive=self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive(),
-            client=self._client_host(headers),
-            started=time.perf_counter(),
+            b"",
+            edge.owner.state.server,
+            {"request_id": request_id_for(known)},
+            served[1],
+            known.content_type,
+            known.api_key,
+            known.authorization,
         )
+        cycle.route = served[0]
+        cycle.chunks = []
+        cycle.size = 0
+        cycle.limit = limit
+        cycle.keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+        cycle.client = self._client_host(headers, known.forwarded)
+        cycle.started = time.perf_counter()
+        cycle.response_complete = False
+        cycle.disconnected = False
+        cycle.message_event = _NO_EVENT
         self.cycle = cycle  # type: ignore[assignment]
         edge.inflight += 1
         if known.content_length > limit:
@@ -262,21 +324,10 @@ class MlgateProtocol(HttpToolsProtocol):
     async def _serve(self, cycle: _LaneCycle) -> None:
         edge: Edge = self._edge
         try:
-            request = WireRequest(
-                method=cycle.method,
-                path=cycle.path,
-                query=cycle.query,
-                headers=cycle.headers,
-                body=cycle.body[0] if len(cycle.body) == 1 else b"".join(cycle.body),
-                server=edge.owner.state.server,
-                state=cycle.state,
-                params=cycle.params,
-                content_type=cycle.known.content_type,
-                api_key=cycle.known.api_key,
-                authorization=cycle.known.authorization,
-            )
-            cycle.body = []
-            response = await edge.serve(cycle.route, request, cycle.started, client=cycle.client)
+            chunks = cycle.chunks
+            cycle.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            cycle.chunks = []
+            response = await edge.serve(cycle.route, cycle, cycle.started, client=cycle.client)
         except Exception as exc:  # the edge's own bookkeeping failed: still answer
             response = wire_error(exc, method=cycle.method, path=cycle.path)
             cycle.keep_alive = False
@@ -294,7 +345,7 @@ class MlgateProtocol(HttpToolsProtocol):
         edge.observe(
             cycle.route.path, cycle.method, 413, cycle.started, cycle.state, cycle.path, cycle.client
         )
-        cycle.body = []
+        cycle.chunks = []
         cycle.keep_alive = False
         self._answer(cycle, response)
 
@@ -308,15 +359,13 @@ class MlgateProtocol(HttpToolsProtocol):
             self.transport.close()
         self.on_response_complete()  # keep-alive timer, reading resumed, a pipelined request started
 
-    def _client_host(self, headers: list[tuple[bytes, bytes]]) -> str | None:
+    def _client_host(self, headers: list[tuple[bytes, bytes]], forwarded_for: bool) -> str | None:
         """The client's address for the access log: the peer's, or the one a trusted proxy forwarded."""
         peer = self.client[0] if self.client else None
         proxy = self._proxy
-        if proxy is None or proxy is _OPAQUE_PROXY or peer not in proxy:
+        if not forwarded_for or proxy is None or proxy is _OPAQUE_PROXY or peer not in proxy:
             return peer
         forwarded = [value for name, value in headers if name == b"x-forwarded-for"]
-        if not forwarded:
-            return peer
         host, _ = proxy.get_trusted_client_address(b", ".join(forwarded).decode("latin-1"))
         return host or peer
 

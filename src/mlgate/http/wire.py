@@ -54,6 +54,7 @@ class KnownHeaders:
     content_type: str
     api_key: str | None
     authorization: str | None
+    forwarded: bool = False  # an X-Forwarded-For header was sent
 
 
 def scan_headers(headers: list[tuple[bytes, bytes]]) -> KnownHeaders:
@@ -61,7 +62,7 @@ def scan_headers(headers: list[tuple[bytes, bytes]]) -> KnownHeaders:
     request_id: str | None = None
     content_type = ""
     api_key = authorization = None
-    cross_origin = False
+    cross_origin = forwarded = False
     length = 0
     for name, value in headers:
         if name == b"content-length":
@@ -84,7 +85,9 @@ def scan_headers(headers: list[tuple[bytes, bytes]]) -> KnownHeaders:
                 request_id = candidate if _REQUEST_ID.match(candidate) else "-"
         elif name == b"origin":
             cross_origin = True
-    return KnownHeaders(request_id, length, cross_origin, content_type, api_key, authorization)
+        elif name == b"x-forwarded-for":
+            forwarded = True
+    return KnownHeaders(request_id, length, cross_origin, content_type, api_key, authorization, forwarded)
 
 
 @dataclass(slots=True)
