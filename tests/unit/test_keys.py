@@ -140,7 +140,10 @@ def test_cache_holds_hashes_not_secrets(tmp_path: Path) -> None:
     keys = _store(tmp_path)
     new = keys.create(name="svc")
     keys.verify_cached(new.secret)
-    assert list(keys._cache) == [hash_key(new.secret)]
+    (token,) = list(keys._cache)  # a salted digest: neither the secret nor its stored hash
+    assert new.secret.encode() not in token
+    assert token.hex() != hash_key(new.secret)
+    assert token != _store(tmp_path)._cache_token(new.secret)  # another process, another salt
     assert new.secret not in repr(new)
     assert new.secret not in repr(keys._cache)
 

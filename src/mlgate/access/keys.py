@@ -4,7 +4,7 @@ A key looks like ``mlg_<prefix>_<secret>``; the 8-hex ``prefix`` is its public i
 in listings and logs), the secret has 256 bits of entropy, so a fast hash is enough
 (no password stretching needed for random keys). Secrets are never logged or stored:
 :class:`NewKey` hides its secret from ``repr`` and the verification cache is keyed by
-the sha256 of the secret.
+a BLAKE2b of the secret under a random per-process salt.
 
 Keys can be disabled, given an expiry, and rotated (a new key with the same name, role,
 owner and plan attachments; the old one disabled at once or after a grace period).
@@ -23,6 +23,7 @@ from __future__ import annotations
 import builtins
 import hashlib
 import hmac
+import os
 import secrets
 import threading
 import time
@@ -112,7 +113,8 @@ class KeyStore:
         self._engine = engine
         self._clock = clock
         self._monotonic = monotonic
-        self._cache: OrderedDict[str, _CacheEntry] = OrderedDict()
+        self._cache: OrderedDict[bytes, _CacheEntry] = OrderedDict()
+        self._salt = os.urandom(32)
         self._cache_lock = threading.Lock()
         # Bumped by every invalidation so a lookup that raced a write does not cache stale state.
         self._generation = 0
@@ -188,7 +190,8 @@ class KeyStore:
     def verify_cached(self, secret: str, *, ttl: float = 5.0) -> ApiKey | None:
         """:meth:`verify` with the key's row cached in this process for ``ttl`` seconds.
 
-        Keyed by the sha256 of the secret (the secret itself is never kept). Expiry is
+        Keyed by a salted BLAKE2b of the secret (the secret itself is never kept; the salt is
+        random per process). Expiry is
         checked on every call against the clock, so an expiry is exact; a disable, a new
         expiry or a rotation made through *this* store takes effect at once, while one
         made by another process is seen here within ``ttl`` seconds. Unknown secrets are
@@ -196,23 +199,28 @@ class KeyStore:
         """
         if ttl <= 0:
             return self.verify(secret)
-        digest = hash_key(secret)
+        token = self._cache_token(secret)
         now = self._monotonic()
         with self._cache_lock:
-            entry = self._cache.get(digest)
+            entry = self._cache.get(token)
             generation = self._generation
         if entry is not None and now - entry.fetched < ttl:
             key: ApiKey | None = entry.key
         else:
-            key = self._lookup(secret, digest)
+            key = self._lookup(secret, hash_key(secret))
             if key is not None:
                 with self._cache_lock:
                     if generation == self._generation:
-                        self._cache[digest] = _CacheEntry(key, now)
-                        self._cache.move_to_end(digest)
+                        self._cache[token] = _CacheEntry(key, now)
+                        self._cache.move_to_end(token)
                         while len(self._cache) > _CACHE_MAX:
                             self._cache.popitem(last=False)
         return key if key is not None and key.active_at(self._clock()) else None
+
+    def _cache_token(self, secret: str) -> bytes:
+        """The cache key of ``secret``: a BLAKE2b under this store's random salt (~4x cheaper than
+        the sha256 the database stores, which is computed only on a miss)."""
+        return hashlib.blake2b(secret.encode(), digest_size=20, key=self._salt).digest()
 
     # -- changes --------------------------------------------------------------------------
 
