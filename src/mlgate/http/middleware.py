@@ -17,12 +17,18 @@ metrics are never shed.
 Load shedding runs first of all, before a request id or anything else is made, so a refusal
 costs little more than uvicorn's own parsing of the request. Pure ASGI rather than
 BaseHTTPMiddleware: no extra task or stream copy per request.
+
+A predict request whose client disconnects before its answer (the protocol cancels its task)
+is logged and counted with status 499 (nginx's "client closed request"); if it was admitted,
+its usage is recorded as an error — the plan's token and quota stay taken.
+
 Handlers report the model/version they served in ``request.state`` (``scope["state"]``),
 which this layer reads back for the access log.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -45,6 +51,9 @@ __all__ = ["RESERVED", "Edge", "request_id_for"]
 #: Scope key set by :class:`mlgate.http.protocol.MlgateProtocol` on a request it admitted and
 #: counted in :attr:`Edge.inflight` already (at parse time, before its ASGI task runs).
 RESERVED = "mlgate.inflight_reserved"
+
+#: The status logged for a request whose client went away before its answer (nginx's 499).
+CLIENT_CLOSED = 499
 
 #: Never shed: probes must see the truth under load.
 _NOT_SHED = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
@@ -188,6 +197,13 @@ class Edge:
             response = await route.endpoint(request)
         except Exception as exc:
             response = wire_error(exc, method=request.method, path=request.path)
+        except asyncio.CancelledError:  # the client went away (the protocol cancels the lane's task)
+            state = request.state
+            admission = state.pop("admission", None)
+            if admission is not None:  # admitted and metered: counted, as an error
+                request.server.gate.record(admission, outcome="error")
+            self.observe(route.path, request.method, CLIENT_CLOSED, started, state, _url_of(request), client)
+            raise
         state = request.state
         headers = response.headers
         headers.append((b"x-request-id", state["request_id"].encode()))

@@ -92,6 +92,7 @@ class _LaneCycle(WireRequest):
         "route",
         "size",
         "started",
+        "task",
     )
 
     route: ServingRoute
@@ -104,6 +105,7 @@ class _LaneCycle(WireRequest):
     response_complete: bool
     disconnected: bool
     message_event: _NoEvent
+    task: asyncio.Task[None] | None
 
 
 # The server's default headers (``date``) as header lines, re-encoded when uvicorn replaces the
@@ -230,6 +232,11 @@ class MlgateProtocol(HttpToolsProtocol):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+        cycle: Any = self.cycle
+        if type(cycle) is _LaneCycle and not cycle.response_complete and cycle.task is not None:
+            # Nobody will read the answer: the request leaves the model's queue (or its batch's
+            # result is dropped), and is logged as 499 (:meth:`Edge.serve`).
+            cycle.task.cancel()
         super().connection_lost(exc)
 
     def on_body(self, body: bytes) -> None:
@@ -255,6 +262,7 @@ class MlgateProtocol(HttpToolsProtocol):
         task = self.loop.create_task(self._serve(cycle))
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
+        cycle.task = task
 
     # -- shedding ----------------------------------------------------------------------------
 
@@ -313,6 +321,7 @@ class MlgateProtocol(HttpToolsProtocol):
         cycle.response_complete = False
         cycle.disconnected = False
         cycle.message_event = _NO_EVENT
+        cycle.task = None
         self.cycle = cycle  # type: ignore[assignment]
         edge.inflight += 1
         if known.content_length > limit:

@@ -33,6 +33,7 @@ class Lane:
         self.entered = asyncio.Event()
         self.asgi_paths: list[str] = []  # requests that reached the app behind the edge
         self.served: list[str] = []  # requests an endpoint ran for
+        self.cancelled: list[str] = []  # requests whose endpoint was cancelled (client gone)
         self.state = SimpleNamespace(server=SimpleNamespace(name="server"))
         self.log_file = tmp_path / "access.log"
         serving = ServingRoutes()
@@ -81,7 +82,11 @@ class Lane:
     async def slow(self, request: WireRequest) -> WireResponse:
         self.served.append(request.path)
         self.entered.set()
-        await self.release.wait()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(request.path)
+            raise
         return WireResponse.json({"slow": True})
 
     async def boom(self, request: WireRequest) -> WireResponse:
@@ -260,21 +265,30 @@ def test_the_access_log_has_the_forwarded_client_behind_a_trusted_proxy(tmp_path
     ]
 
 
-def test_a_client_gone_before_its_answer_costs_nothing_and_frees_its_slot(tmp_path: Path) -> None:
+def test_a_client_gone_before_its_answer_cancels_its_work_frees_its_slot_and_logs_499(
+    tmp_path: Path,
+) -> None:
     async def test(app: Lane, port: int, _: uvicorn.Server) -> None:
         _, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(_post("/slow"))
         await asyncio.wait_for(app.entered.wait(), 5)
-        writer.close()
-        await asyncio.sleep(0.05)
-        app.release.set()
-        for _ in range(100):
+        writer.close()  # never released: only the disconnect can end the endpoint
+        for _ in range(200):
             if app.edge.inflight == 0:
                 break
             await asyncio.sleep(0.01)
         assert app.edge.inflight == 0
+        assert app.cancelled == ["/slow"]
+        # The connection still serves others, and the server is undisturbed.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(_post("/echo"))
+        status, _, _ = await _read_response(reader)
+        assert status == 200
+        writer.close()
 
-    _serve(tmp_path, test)
+    app = _serve(tmp_path, test)
+    lines = [json.loads(line) for line in app.log_file.read_text().splitlines()]
+    assert [(line["url"], line["status"]) for line in lines] == [("/slow", 499), ("/echo", 200)]
 
 
 def test_graceful_shutdown_answers_a_request_in_the_lane_first(tmp_path: Path) -> None:
