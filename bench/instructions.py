@@ -165,7 +165,18 @@ def total_instructions(variant: str, n: int, c: int, setup: dict[str, object], w
                     raise RuntimeError(f"{variant}: the server did not answer") from None
                 time.sleep(1)
         status = "503" if variant == "shed" else "200"
-        client = [run.PY, "-c", _CLIENT, str(port), str(n - 1), str(c), "/prod", key, str(work / "body.json"), status]
+        client = [
+            run.PY,
+            "-c",
+            _CLIENT,
+            str(port),
+            str(n - 1),
+            str(c),
+            "/prod",
+            key,
+            str(work / "body.json"),
+            status,
+        ]
         subprocess.run(client, check=True, timeout=1800)
     finally:
         proc.terminate()
