@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -287,3 +288,64 @@ def test_image_near_6mb_as_base64_json_is_accepted(client: httpx.Client) -> None
     r = client.post("/prodfaces", json={"body": {"image": _b64(data)}})
     assert r.status_code == 200, r.text[:300]
     assert r.json()["statusCode"] == 200
+
+
+def test_requests_whose_clients_left_are_dropped_logged_499_and_counted(
+    server: ServerProcess, photos: dict[str, bytes]
+) -> None:
+    """20 detections sent and abandoned at once (~1.3 s of model time queued): the server does not
+    run them for nobody (the model's executed items show it), and each is logged and counted."""
+    created = httpx.post(f"{server.url}/v1/keys", json={"name": "leaver"}, headers={"x-api-key": ADMIN_KEY})
+    assert created.status_code == 201, created.text
+    key, key_id = created.json()["key"], created.json()["id"]
+    payload = json.dumps({"body": {"image": _b64(photos["person"])}}).encode()
+    with httpx.Client(base_url=server.url, headers={"x-api-key": key}, timeout=30) as c:
+        assert c.post("/prodfaces", content=payload).status_code == 200  # the key cached
+        executed = _executed_items(c)
+        host, port = server.url.removeprefix("http://").split(":")
+        request = (
+            f"POST /prodfaces HTTP/1.1\r\nhost: {host}\r\nx-api-key: {key}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(payload)}\r\n\r\n"
+        ).encode() + payload
+        leavers = [socket.create_connection((host, int(port))) for _ in range(20)]
+        for sock in leavers:
+            sock.sendall(request)
+        for _ in range(500):  # until at least 10 of them wait for the model
+            if _metric(c, "mlgate_model_queue_depth") >= 10:
+                break
+            time.sleep(0.01)
+        for sock in leavers:
+            sock.close()
+        assert c.post("/prodfaces", content=payload).status_code == 200
+
+        log = server.data_dir / "logs" / "access.log"
+        statuses: list[int] = []
+        for _ in range(100):  # the log writer flushes every 50 ms
+            lines = [json.loads(line) for line in log.read_text().splitlines()]
+            statuses = [line["status"] for line in lines if line.get("key_id") == key_id]
+            if len(statuses) == 22:
+                break
+            time.sleep(0.05)
+        assert len(statuses) == 22 and set(statuses) <= {200, 499}
+        left = statuses.count(499)
+        assert left >= 10  # every one still queued when its client left, at least
+        usage = c.get("/v1/usage", params={"key_id": key_id}, headers={"x-api-key": ADMIN_KEY})
+        (row,) = usage.json()["usage"]
+        assert (row["requests"], row["errors"]) == (22, left)  # admitted, metered, not lost
+        # Run: the last request, the leavers answered in time, and at most a batch in progress
+        # when they left (its results dropped) — not the 20 abandoned ones.
+        assert _executed_items(c) - executed <= 1 + (20 - left) + 4
+
+
+def _executed_items(c: httpx.Client) -> float:
+    """Items the detector has run: the sum of ``mlgate_model_batch_size``."""
+    return _metric(c, "mlgate_model_batch_size_sum")
+
+
+def _metric(c: httpx.Client, name: str) -> float:
+    """The detector's value of ``name`` in /metrics."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in c.get("/metrics").text.splitlines()
+        if line.startswith(name + "{") and 'model="intrusos"' in line
+    )

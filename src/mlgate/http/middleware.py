@@ -216,7 +216,13 @@ class Edge:
             gate = request.server.gate
             gate.record(admission, outcome="ok" if response.status < 400 else "error")
             if self.usage_sync:
-                await request.server.usage.wait_flushed()  # durable before the client sees it
+                try:
+                    await request.server.usage.wait_flushed()  # durable before the client sees it
+                except asyncio.CancelledError:  # gone while its usage was flushed (still recorded)
+                    self.observe(
+                        route.path, request.method, CLIENT_CLOSED, started, state, _url_of(request), client
+                    )
+                    raise
         self.observe(route.path, request.method, response.status, started, state, _url_of(request), client)
         return response
 
