@@ -75,6 +75,11 @@ class OpenCvDnnRuntime(ModelRuntime):
                 args = [str(ctx.artifact_path)]
                 if config is not None:
                     args.append(str(_inside(ctx.artifact_dir, config)))
+                if not hasattr(cv2.dnn, "readNetFromTensorflow"):
+                    raise RuntimeError(
+                        f"OpenCV {cv2.__version__} has no TensorFlow importer (removed in 5.1): "
+                        "install opencv-python-headless<5.1 (mlgate[opencv]) or serve an ONNX export"
+                    )
                 net = cv2.dnn.readNetFromTensorflow(*args)
             elif framework == "onnx":
                 net = cv2.dnn.readNetFromONNX(str(ctx.artifact_path))

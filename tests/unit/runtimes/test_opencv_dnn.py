@@ -53,6 +53,17 @@ def test_unreadable_net_is_a_load_error(tmp_path: Path) -> None:
         _loaded(tmp_path, "junk.onnx", **_PARAMS)
 
 
+def test_an_opencv_without_the_tensorflow_importer_is_a_load_error_that_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cv2
+
+    monkeypatch.delattr(cv2.dnn, "readNetFromTensorflow", raising=False)  # as in OpenCV 5.1
+    (tmp_path / "graph.pb").write_bytes(b"not read")
+    with pytest.raises(ModelLoadError, match=r"no TensorFlow importer.*opencv-python-headless<5\.1"):
+        _loaded(tmp_path, "graph.pb", **_PARAMS)
+
+
 def test_outputs_carry_the_original_size(conv: OpenCvDnnRuntime) -> None:
     small = conv.decode(image_bytes("PNG", size=(40, 30)))
     wide = conv.decode(np.zeros((10, 90, 3), np.uint8))
