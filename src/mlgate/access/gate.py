@@ -24,6 +24,7 @@ from typing import Literal
 
 from mlgate.access.keys import ApiKey, KeyStore
 from mlgate.access.limiter import Decision, LimiterStorage, QuotaDecision, quota_window
+from mlgate.access.limiter_storage import InProcessStorage
 from mlgate.access.plans import Plan, PlanStore
 from mlgate.access.tokens import TokenIssuer, authenticate_token
 from mlgate.access.usage import UsageRecorder, user_subject
@@ -88,7 +89,7 @@ class Gate:
         self._passes: dict[tuple[str, str], _Pass] = {}
         # A storage that meters without waiting on I/O (this machine's file, one process's
         # memory) is called directly: no coroutine per take.
-        self._meter_now = getattr(limiter, "take_then_count_sync", None)
+        self._meter_now = limiter.take_then_count_sync if isinstance(limiter, InProcessStorage) else None
 
     def mode_for(self, *, declared: AuthMode, model: str | None = None, path: str | None = None) -> RouteAuth:
         """Per-route settings win, then per-model settings, then the route's own, then the default."""

@@ -19,6 +19,7 @@ import time
 
 from mlgate.access.limiter_storage import (
     Decision,
+    InProcessStorage,
     QuotaDecision,
     check_bucket_args,
     check_quota_args,
@@ -32,7 +33,7 @@ __all__ = ["MemoryLimiterStorage"]
 _SWEEP_MIN_OPS = 1024
 
 
-class MemoryLimiterStorage:
+class MemoryLimiterStorage(InProcessStorage):
     """Token buckets and quota counters in a dict, safe to share between threads."""
 
     __slots__ = ("_buckets", "_counters", "_lock", "_ops", "_sweep_at")
@@ -45,39 +46,6 @@ class MemoryLimiterStorage:
         self._counters: dict[str, list[float]] = {}
         self._ops = 0
         self._sweep_at = _SWEEP_MIN_OPS
-
-    async def take(
-        self, key: str, *, rate: float, burst: int, cost: int = 1, now: float | None = None
-    ) -> Decision:
-        return self.take_sync(key, rate=rate, burst=burst, cost=cost, now=now)
-
-    async def count(
-        self, key: str, *, limit: int, window_end: float, cost: int = 1, now: float | None = None
-    ) -> QuotaDecision:
-        return self.count_sync(key, limit=limit, window_end=window_end, cost=cost, now=now)
-
-    async def take_then_count(
-        self,
-        bucket_key: str,
-        quota_key: str,
-        *,
-        rate: float,
-        burst: int,
-        limit: int,
-        window_end: float,
-        cost: int = 1,
-        now: float | None = None,
-    ) -> tuple[Decision, QuotaDecision | None]:
-        return self.take_then_count_sync(
-            bucket_key,
-            quota_key,
-            rate=rate,
-            burst=burst,
-            limit=limit,
-            window_end=window_end,
-            cost=cost,
-            now=now,
-        )
 
     async def reset(self, key: str) -> None:
         with self._lock:

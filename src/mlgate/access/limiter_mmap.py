@@ -56,6 +56,7 @@ import numpy as np
 
 from mlgate.access.limiter_storage import (
     Decision,
+    InProcessStorage,
     QuotaDecision,
     check_bucket_args,
     check_quota_args,
@@ -203,7 +204,7 @@ class _Table:
         self.mm.close()
 
 
-class MmapLimiterStorage:
+class MmapLimiterStorage(InProcessStorage):
     """Token buckets and quota counters in ``path`` (a state file) and ``path.lock`` beside it."""
 
     def __init__(self, path: Path, *, capacity: int = _MIN_CAPACITY) -> None:
@@ -229,39 +230,6 @@ class MmapLimiterStorage:
         return self._path.with_name(self._path.name + ".lock")
 
     # -- the LimiterStorage protocol ----------------------------------------------------------
-
-    async def take(
-        self, key: str, *, rate: float, burst: int, cost: int = 1, now: float | None = None
-    ) -> Decision:
-        return self.take_sync(key, rate=rate, burst=burst, cost=cost, now=now)
-
-    async def count(
-        self, key: str, *, limit: int, window_end: float, cost: int = 1, now: float | None = None
-    ) -> QuotaDecision:
-        return self.count_sync(key, limit=limit, window_end=window_end, cost=cost, now=now)
-
-    async def take_then_count(
-        self,
-        bucket_key: str,
-        quota_key: str,
-        *,
-        rate: float,
-        burst: int,
-        limit: int,
-        window_end: float,
-        cost: int = 1,
-        now: float | None = None,
-    ) -> tuple[Decision, QuotaDecision | None]:
-        return self.take_then_count_sync(
-            bucket_key,
-            quota_key,
-            rate=rate,
-            burst=burst,
-            limit=limit,
-            window_end=window_end,
-            cost=cost,
-            now=now,
-        )
 
     async def reset(self, key: str) -> None:
         with self._locked() as table:

@@ -1,6 +1,6 @@
 """The limiter's storage interface, its answers, and the token-bucket arithmetic they share.
 
-Every backend (``limiter_memory``, ``limiter_sql``, ``limiter_redis``) implements
+Every backend (``limiter_memory``, ``limiter_mmap``, ``limiter_sql``, ``limiter_redis``) implements
 :class:`LimiterStorage` with the same semantics, checked by one contract suite
 (``tests/contract/test_limiter_contract.py``):
 
@@ -27,6 +27,7 @@ from mlgate.errors import InvalidInput
 __all__ = [
     "TOKEN_EPSILON",
     "Decision",
+    "InProcessStorage",
     "LimiterStorage",
     "QuotaDecision",
     "check_bucket_args",
@@ -113,6 +114,72 @@ class LimiterStorage(Protocol):
     async def close(self) -> None:
         """Release connections; the storage is not used afterwards."""
         ...
+
+
+class InProcessStorage:
+    """Base of the storages whose operations never wait on I/O (one process's memory, this
+    machine's limiter file): each answers synchronously in ``*_sync`` methods, which the gate
+    calls directly (no coroutine per request), and the :class:`LimiterStorage` coroutines run
+    them."""
+
+    __slots__ = ()
+
+    def take_sync(
+        self, key: str, *, rate: float, burst: int, cost: int = 1, now: float | None = None
+    ) -> Decision:
+        raise NotImplementedError
+
+    def count_sync(
+        self, key: str, *, limit: int, window_end: float, cost: int = 1, now: float | None = None
+    ) -> QuotaDecision:
+        raise NotImplementedError
+
+    def take_then_count_sync(
+        self,
+        bucket_key: str,
+        quota_key: str,
+        *,
+        rate: float,
+        burst: int,
+        limit: int,
+        window_end: float,
+        cost: int = 1,
+        now: float | None = None,
+    ) -> tuple[Decision, QuotaDecision | None]:
+        raise NotImplementedError
+
+    async def take(
+        self, key: str, *, rate: float, burst: int, cost: int = 1, now: float | None = None
+    ) -> Decision:
+        return self.take_sync(key, rate=rate, burst=burst, cost=cost, now=now)
+
+    async def count(
+        self, key: str, *, limit: int, window_end: float, cost: int = 1, now: float | None = None
+    ) -> QuotaDecision:
+        return self.count_sync(key, limit=limit, window_end=window_end, cost=cost, now=now)
+
+    async def take_then_count(
+        self,
+        bucket_key: str,
+        quota_key: str,
+        *,
+        rate: float,
+        burst: int,
+        limit: int,
+        window_end: float,
+        cost: int = 1,
+        now: float | None = None,
+    ) -> tuple[Decision, QuotaDecision | None]:
+        return self.take_then_count_sync(
+            bucket_key,
+            quota_key,
+            rate=rate,
+            burst=burst,
+            limit=limit,
+            window_end=window_end,
+            cost=cost,
+            now=now,
+        )
 
 
 def check_bucket_args(rate: float, burst: int, cost: int) -> None:
