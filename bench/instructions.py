@@ -17,6 +17,7 @@ replace functions in the server process, never in the code):
 - ``bare``: both, and the access log and HTTP metrics too — the lane and the route's own
   parse/render only;
 - ``shed``: every request refused at parse time (503 + Retry-After), what a refusal costs;
+- ``nolane``: the full path with the predict lane off (every request through the ASGI driver);
 - ``noobserve`` / ``nolog`` / ``nousage``: the full path without the HTTP metrics and the access
   log / without the access log / without usage recording;
 - ``floor``: bench/floor_app.py (uvicorn's ASGI cycle, parse the JSON, a constant answer).
@@ -52,7 +53,7 @@ _SERVER = r"""
 import asyncio, os, sys
 import uvicorn
 from mlgate.http.app import create_app
-from mlgate.http.protocol import MlgateProtocol
+from mlgate.http.protocol import HttpProtocol
 import mlgate.dataplane as dataplane
 from mlgate.http import endpoints
 
@@ -73,11 +74,13 @@ if variant in ("nopredict", "bare"):
         return dataplane.Prediction(name, 1, {"prediccion": 20.15, "unidad": "Celsius"})
     dataplane.DataPlane.predict = predict
 if variant in ("noadmit", "bare"):
-    async def admit_parts(*args, **kwargs):
+    async def admit(*args, **kwargs):
         return None
-    endpoints.admit_parts = admit_parts
+    endpoints.admit = admit
 if variant in ("bare", "noobserve"):
     app.edge.observe = lambda *args, **kwargs: None
+if variant == "nolane":  # every request through the ASGI driver
+    app.settings.http.lane = False
 if variant == "shed":  # every request refused at parse time (503): what a refusal costs
     app.edge.at_capacity = lambda: True
 if variant == "nolog":
@@ -86,7 +89,8 @@ if variant == "nousage":
     from mlgate.access.gate import Gate
     Gate.record = lambda *args, **kwargs: None
 config = uvicorn.Config(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=False,
-                        server_header=False, log_level="warning", loop="uvloop", http=MlgateProtocol)
+                        server_header=False, log_level="warning", loop="uvloop", http=HttpProtocol,
+                        proxy_headers=False)
 asyncio.run(uvicorn.Server(config).serve())
 """
 

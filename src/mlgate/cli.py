@@ -94,7 +94,7 @@ def serve(
     data_dir: Annotated[Path | None, typer.Option(help="local state (default ./.mlgate)")] = None,
 ) -> None:
     """Start the server with every installed reference model ready."""
-    import uvicorn
+    from mlgate.http.runner import run
 
     overrides = {
         k: str(v)
@@ -103,62 +103,15 @@ def serve(
     }
     export_environ(overrides)
     settings = load_settings()
-    options: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "access_log": False,
-        "server_header": False,
-        "timeout_graceful_shutdown": 30,
-        "log_level": settings.log.level.lower(),
-        "ws": "none",  # no WebSocket route: not importing a WebSocket library saves ~25 ms of cold start
-    }
-    try:
-        import uvloop  # noqa: F401
-
-        options["loop"] = "uvloop"
-    except ImportError:
-        pass
-    try:
-        # uvicorn's httptools protocol, shedding load before any ASGI work (mlgate.http.protocol)
-        from mlgate.http.protocol import MlgateProtocol
-
-        options["http"] = MlgateProtocol
-    except ImportError:
-        pass
-    if settings.workers > 1:
-        if settings.limiter.url == "memory://":
-            # Per-process limiter state would multiply every plan by N: share it between the workers.
-            export_environ({"limiter__url": "local"})
-            err.print(
-                "[yellow]--workers > 1: usage-plan state shared in the data directory's limiter file "
-                "instead of memory:// (or set MLGATE_LIMITER__URL)"
-            )
-        from mlgate.http.app import bootstrap_once
-
-        bootstrap_once(load_settings())  # migrations, admin key, bundled models: once, not per worker
-        _run_workers(settings.workers, options)
-    else:
-        from mlgate.http.app import create_app
-
-        uvicorn.run(create_app(settings), **options)
-
-
-def _run_workers(workers: int, options: dict[str, Any]) -> None:
-    """``uvicorn.run(..., workers=N)``, except that the supervisor closes its copy of the
-    listening socket as soon as it is told to stop. Otherwise, once the workers have drained
-    and closed theirs, new connections would wait in the supervisor's backlog until it exits
-    instead of being refused at once."""
-    import uvicorn
-    from uvicorn.supervisors import Multiprocess
-
-    class Supervisor(Multiprocess):
-        def terminate_all(self) -> None:
-            for sock in self.sockets:
-                sock.close()
-            super().terminate_all()
-
-    config = uvicorn.Config("mlgate.http.app:create_app_from_env", factory=True, workers=workers, **options)
-    Supervisor(config, sockets=[config.bind_socket()]).run()
+    if settings.workers > 1 and settings.limiter.url == "memory://":
+        # Per-process limiter state would multiply every plan by N: share it between the workers.
+        export_environ({"limiter__url": "local"})
+        err.print(
+            "[yellow]--workers > 1: usage-plan state shared in the data directory's limiter file "
+            "instead of memory:// (or set MLGATE_LIMITER__URL)"
+        )
+        settings = load_settings()
+    run(settings)
 
 
 @models_app.command("list")

@@ -10,7 +10,10 @@ services may render their own historical envelope instead).
 
     MlgateError (500 internal)
     ├── InvalidInput (400 invalid_input)          bad payload, decoded before batching
+    │   ├── BadRequest (400 bad_request)            not a valid HTTP request (the connection is closed)
+    │   ├── RequestTimeout (408 request_timeout)    headers or body too slow to arrive (closed)
     │   ├── PayloadTooLarge (413 payload_too_large)
+    │   ├── HeadersTooLarge (431 headers_too_large)  header section over its size or count limit (closed)
     │   └── Unprocessable (422 unprocessable)      well-formed but refused (e.g. a 2 KB password)
     ├── Unauthorized (401 unauthorized)
     ├── Forbidden (403 forbidden)
@@ -38,9 +41,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
+    "BadRequest",
     "ConfigurationError",
     "Conflict",
     "Forbidden",
+    "HeadersTooLarge",
     "IntegrityError",
     "InvalidInput",
     "LimiterUnavailable",
@@ -55,6 +60,7 @@ __all__ = [
     "PredictionFailed",
     "PredictionTimeout",
     "QuotaExceeded",
+    "RequestTimeout",
     "StoreError",
     "Throttled",
     "Unauthorized",
@@ -87,6 +93,26 @@ class InvalidInput(MlgateError):
 
     status = 400
     code = "invalid_input"
+
+
+class BadRequest(InvalidInput):
+    """Not a valid HTTP/1.1 request (the edge answers and closes the connection)."""
+
+    code = "bad_request"
+
+
+class RequestTimeout(InvalidInput):
+    """The request's headers or body did not arrive in time (answered, then the connection closed)."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class HeadersTooLarge(InvalidInput):
+    """The request line and headers exceed their size or count limit (answered, then closed)."""
+
+    status = 431
+    code = "headers_too_large"
 
 
 class PayloadTooLarge(InvalidInput):

@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 __all__ = [
     "AuthSettings",
     "CorsSettings",
+    "HttpSettings",
     "LimiterSettings",
     "LogSettings",
     "S3Settings",
@@ -111,6 +112,46 @@ class CorsSettings(BaseModel):
         return self
 
 
+class HttpSettings(BaseModel):
+    """Connection limits of ``mlgate serve``'s HTTP server (per process). A request over a limit is
+    answered (431, 408, 503) and its connection closed; each refusal is an access-log line."""
+
+    max_header_bytes: int = Field(
+        default=32 * 1024, ge=1024, le=1024 * 1024, description="request line + headers; larger: 431"
+    )
+    max_headers: int = Field(default=100, ge=8, le=10_000, description="header lines per request; more: 431")
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="a request's line and headers must arrive within this of its first byte (else 408); "
+        "a new connection that sends nothing for this long is closed",
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600, description="a request body that stops arriving for this long: 408"
+    )
+    keep_alive_s: float = Field(
+        default=5.0, gt=0, le=3600, description="an idle connection is closed after this"
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="open connections per process; beyond, a new connection gets 503 at once and is closed "
+        "(mlgate serve raises the process's open-file limit to fit, within the hard limit)",
+    )
+    forwarded_allow_ips: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1"],
+        description="proxies trusted to tell the client's address (X-Forwarded-For) and scheme "
+        '(X-Forwarded-Proto): addresses or networks, ["*"] for any',
+    )
+    lane: bool = Field(
+        default=True,
+        description="serve the edge's own routes (predictions, probes) straight from the parsed request, "
+        "without an ASGI cycle; off: every request goes through ASGI (docs/benchmarks.md)",
+    )
+
+
 class Settings(BaseSettings):
     """Every knob of an mlgate server. Unset paths derive from ``data_dir``."""
 
@@ -178,6 +219,7 @@ class Settings(BaseSettings):
         description="bootstrap admin key to install (hashed) instead of generating one on first start",
     )
     log: LogSettings = Field(default_factory=LogSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limiter: LimiterSettings = Field(default_factory=LimiterSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)

@@ -23,10 +23,12 @@ Two models, because the ceiling depends on where a request's cost goes:
   r = 1/10 — which is why shedding runs first of all. The server's CPU use is measured
   too, to show that C is the server's capacity and not the load generator's.
 
-Both must keep ≥ 0.8·C successes per second, refuse fast (p50 < 100 ms and under the
-success p50), keep success latency bounded (p99 < 1 s), answer nothing but 200/503 and let
-the client drop almost nothing. Measured figures and the trade-off (shedding off: ~1.0·C,
-but latency only bounded by the number of clients) are in docs/security.md.
+``make test`` checks behaviour on two slices: nothing but 200 and 503 + ``Retry-After: 1``,
+the model-bound excess refused, nothing left in flight. ``make soak`` measures six slices and
+checks the figures: ≥ 0.8·C successes per second, fast refusals (p50 < 100 ms and under the
+success p50), bounded success latency (p99 < 1 s), almost nothing dropped by the client.
+Measured figures and the trade-off (shedding off: ~1.0·C, but latency only bounded by the
+number of clients) are in docs/security.md.
 
 ``MLGATE_SOAK=1`` also runs the temperature load with shedding off (``max_inflight`` 0)
 for the comparison in docs/security.md: nothing refused, everything queues.
@@ -45,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.security.conftest import (
@@ -64,7 +67,8 @@ from tests.security.conftest import (
 pytestmark = [pytest.mark.e2e]
 
 CAPACITY_CONCURRENCY, CAPACITY_SECONDS = 16, 1.5
-OVERLOAD_FACTOR, SLICES, SLICE_SECONDS = 2.0, 6, 2.0
+# make test checks behaviour on two slices; make soak measures the figures on six.
+OVERLOAD_FACTOR, SLICES, SLICE_SECONDS = 2.0, 6 if SOAK else 2, 2.0
 CLIENT_CAP = 256
 TICK_S = 0.002
 
@@ -261,31 +265,41 @@ def temperature(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     yield from _serve(tmp_path_factory.mktemp("overload-temperature"), {}, sleepy=False)
 
 
-def _check_fast_refusals(result: dict[str, Any]) -> None:
+def _check_behaviour(t: Target, result: dict[str, Any]) -> None:
+    """What holds on any machine, however loaded: only answers or fast refusals, each refusal
+    telling when to retry, and nothing left in flight afterwards."""
     assert set(result["statuses"]) <= {200, 503}, result["statuses"]  # nothing else: no 500, no reset
-    assert result["statuses"].get(503, 0) > 0, "the excess must be refused, not queued"
-    assert result["retry_after"] == ["1"]
+    assert result["retry_after"] in ([], ["1"]), result["retry_after"]
+    metrics = httpx.get(f"{t.url}/metrics", timeout=30).text
+    assert "mlgate_http_requests_in_flight 0.0" in metrics  # nothing left over
+
+
+def _check_figures(result: dict[str, Any]) -> None:
+    """The measured figures docs/security.md quotes (make soak: they depend on the machine)."""
     assert result["refused_p50_ms"] < 100, result
     assert result["refused_p50_ms"] < result["ok_p50_ms"], result
     assert result["ok_p99_ms"] < 1000, result
+    assert result["ok_ratio"] >= 0.8, result
 
 
-def test_model_bound_server_at_twice_capacity_keeps_08_and_refuses_the_excess_fast(sleepy: Target) -> None:
+def test_model_bound_server_at_twice_capacity_serves_and_refuses_the_excess(sleepy: Target) -> None:
     result = _overload(sleepy, "overload", model="sleepy 5 ms (outside the event loop)", max_inflight=64)
-    _check_fast_refusals(result)
-    assert result["ok_ratio"] >= 0.8, result
-    assert result["client_dropped"] <= 0.02 * result["scheduled"], result
+    _check_behaviour(sleepy, result)
+    # The model serves one item at a time: at twice its capacity the excess cannot be served.
+    assert result["statuses"].get(503, 0) > 0, "the excess must be refused, not queued"
+    if SOAK:
+        _check_figures(result)
+        assert result["client_dropped"] <= 0.02 * result["scheduled"], result
 
 
-def test_loop_bound_server_at_twice_capacity_keeps_08_and_refuses_the_excess_fast(
-    temperature: Target,
-) -> None:
+def test_loop_bound_server_at_twice_capacity_serves_and_refuses_the_excess(temperature: Target) -> None:
     result = _overload(temperature, "overload", model="temperatura (event-loop bound)", max_inflight=64)
-    _check_fast_refusals(result)
-    # The capacity is the server's, not the client's: the one process was busy meanwhile.
-    assert result["capacity_server_cpu_busy"] >= 0.6, result
-    assert result["ok_ratio"] >= 0.8, result
-    assert result["client_dropped"] <= 0.05 * result["scheduled"], result
+    _check_behaviour(temperature, result)
+    if SOAK:
+        _check_figures(result)
+        # The capacity is the server's, not the client's: the one process was busy meanwhile.
+        assert result["capacity_server_cpu_busy"] >= 0.6, result
+        assert result["client_dropped"] <= 0.05 * result["scheduled"], result
 
 
 @pytest.mark.skipif(not SOAK, reason="comparison for docs/security.md; runs with MLGATE_SOAK=1")

@@ -1,4 +1,5 @@
-"""Shared route helpers: the server from app state, admin authentication, request bodies."""
+"""Shared FastAPI route helpers: the request's exchange and the server, admin authentication,
+request bodies, and edge endpoints mounted as FastAPI routes."""
 
 from __future__ import annotations
 
@@ -11,29 +12,34 @@ from starlette.responses import Response
 
 from mlgate.access.tokens import authenticate_token
 from mlgate.errors import Forbidden, Unauthorized
-from mlgate.http.app import Server
 from mlgate.http.endpoints import version_ref
-from mlgate.http.gateway import bearer_token
+from mlgate.http.exchange import EXCHANGE, Exchange
+from mlgate.http.gateway import bearer_of
 from mlgate.http.serving import WireEndpoint
-from mlgate.http.wire import WireRequest
 from mlgate.payloads import parse_json
+from mlgate.server import Server
 from mlgate.types import Caller
 
 __all__ = [
     "caller_of",
+    "exchange_of",
     "json_body",
     "require_admin",
     "require_caller",
     "server_of",
     "starlette_endpoint",
-    "to_starlette",
     "version_ref",
 ]
 
 
+def exchange_of(request: Request) -> Exchange:
+    """The request's exchange (the ASGI driver opens one for every request it hands to FastAPI)."""
+    x: Exchange = request.scope[EXCHANGE]
+    return x
+
+
 def server_of(request: Request) -> Server:
-    server: Server = request.app.state.server
-    return server
+    return exchange_of(request).server
 
 
 async def json_body(request: Request) -> Any:
@@ -46,14 +52,15 @@ async def caller_of(request: Request) -> Caller | None:
     A key in ``x-api-key`` or a bearer token: an admin key, a user's key, or a user's JWT.
     Bad credentials are refused, never silently treated as anonymous.
     """
-    server = server_of(request)
-    secret = request.headers.get("x-api-key")
-    bearer = bearer_token(request)
+    x = exchange_of(request)
+    server = x.server
+    secret = x.api_key
+    bearer = bearer_of(x.authorization)
     if secret:
         key = server.keys.verify_cached(secret)
         if key is None:
             raise Forbidden("Forbidden")
-        request.state.key_id = key.id
+        x.key_id = key.id
         return Caller(kind="key", id=key.id, username=key.owner, role=key.role)
     if bearer:
         # A bootstrap/admin key may also arrive as "Authorization: Bearer <key>".
@@ -61,7 +68,7 @@ async def caller_of(request: Request) -> Caller | None:
             key = server.keys.verify_cached(bearer)
             if key is None:
                 raise Forbidden("Forbidden")
-            request.state.key_id = key.id
+            x.key_id = key.id
             return Caller(kind="key", id=key.id, username=key.owner, role=key.role)
         user = await asyncio.to_thread(authenticate_token, server.gate.tokens, server.users, bearer)
         return Caller(kind="user", id=user.username, username=user.username, role=user.role)
@@ -85,37 +92,20 @@ async def require_admin(request: Request) -> Caller:
     return caller
 
 
-async def to_starlette(endpoint: WireEndpoint, request: Request) -> Response:
-    """Run a wire endpoint for a Starlette request (FastAPI's copy of a predict route).
-
-    The request's ``state`` is the scope's, so the edge's wrappers still add the request id and
-    rate-limit headers and record usage; errors propagate to the app's handlers.
-    """
-    wire = WireRequest(
-        method=request.method,
-        path=request.scope["path"],
-        query=request.scope.get("query_string", b""),
-        headers=request.scope["headers"],
-        body=await request.body(),
-        server=request.app.state.server,
-        state=request.scope.setdefault("state", {}),
-        params=dict(request.path_params),
-        content_type=request.headers.get("content-type", ""),
-        api_key=request.headers.get("x-api-key"),
-        authorization=request.headers.get("authorization"),
-    )
-    answer = await endpoint(wire)
-    response = Response(
-        answer.body, status_code=answer.status, media_type=answer.content_type.decode("latin-1")
-    )
-    response.raw_headers.extend(answer.headers)
-    return response
-
-
 def starlette_endpoint(endpoint: WireEndpoint) -> Callable[[Request], Awaitable[Response]]:
-    """``endpoint`` as a FastAPI route endpoint taking only the request."""
+    """An edge endpoint as a FastAPI route (the OpenAPI docs; requests the edge passes on to
+    FastAPI: cross-origin ones when CORS is configured, a ``root_path``). It runs on the same
+    exchange; the ASGI driver adds the edge's headers and closes it."""
 
     async def route(request: Request) -> Response:
-        return await to_starlette(endpoint, request)
+        x = exchange_of(request)
+        x.body = await request.body()
+        x.params = dict(request.path_params)
+        answer = await endpoint(x)
+        response = Response(
+            answer.body, status_code=answer.status, media_type=answer.content_type.decode("latin-1")
+        )
+        response.raw_headers.extend(answer.headers)
+        return response
 
     return route

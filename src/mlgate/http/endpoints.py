@@ -1,10 +1,12 @@
 """The endpoints the edge serves itself, from raw requests: predict routes and probes.
 
-Importing this module loads no web framework beyond what the edge needs (no FastAPI), so a
-server answers these from its first second while FastAPI — the admin API, the docs — is built
-in the background (:class:`mlgate.http.app.MlgateApp`). FastAPI registers the same endpoints
-too (``routes_services``, ``routes_models``, ``routes_ops``), for the OpenAPI docs and for the
-requests the edge passes on to it.
+An endpoint takes the request's :class:`~mlgate.http.exchange.Exchange` and returns a
+:class:`~mlgate.http.wire.WireResponse`. Importing this module loads no web framework beyond
+what the edge needs (no FastAPI), so a server answers these from its first second while
+FastAPI — the admin API, the docs — is built in the background
+(:class:`mlgate.http.app.MlgateApp`). FastAPI registers the same endpoints too
+(``routes_services``, ``routes_models``, ``routes_ops``), for the OpenAPI docs and for the
+requests the edge passes on to it (cross-origin ones when CORS is configured, a ``root_path``).
 
 - ``POST <service path>`` (``/prod``, ``/prodfaces``, ``/predict``): a service's original
   route, its original envelope for answers and errors (:func:`service_endpoint`);
@@ -15,9 +17,10 @@ requests the edge passes on to it.
 from __future__ import annotations
 
 from mlgate.errors import MlgateError
-from mlgate.http.gateway import GatewayRejected, admit_parts
+from mlgate.http.exchange import Exchange
+from mlgate.http.gateway import GatewayRejected, admit
 from mlgate.http.serving import ServingRoutes, WireEndpoint
-from mlgate.http.wire import WireRequest, WireResponse
+from mlgate.http.wire import WireResponse
 from mlgate.payloads import read_body
 from mlgate.telemetry.metrics import CONTENT_TYPE
 from mlgate.types import RouteAdapter, Service
@@ -53,20 +56,11 @@ def version_ref(raw: str | None) -> str | int | None:
 def service_endpoint(adapter: RouteAdapter) -> WireEndpoint:
     """A service's original predict route: its parse, the gateway, the model, its envelopes."""
 
-    async def endpoint(request: WireRequest) -> WireResponse:
+    async def endpoint(x: Exchange) -> WireResponse:
         try:
-            payload = adapter.parse(request.body, request.content_type)
-            await admit_parts(
-                request.server,
-                request.state,
-                path=request.path,
-                api_key=request.api_key,
-                authorization=request.authorization,
-                model=adapter.model,
-                declared=adapter.auth,
-                original=adapter.render_error,
-            )
-            prediction = await request.server.dataplane.predict(adapter.model, payload)
+            payload = adapter.parse(x.body, x.content_type)
+            await admit(x, model=adapter.model, declared=adapter.auth, original=adapter.render_error)
+            prediction = await x.server.dataplane.predict(adapter.model, payload)
         except GatewayRejected:
             raise
         except MlgateError as exc:
@@ -74,53 +68,46 @@ def service_endpoint(adapter: RouteAdapter) -> WireEndpoint:
             retry_after = getattr(exc, "retry_after", None)
             headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
             return WireResponse.json(body, status, headers)
-        request.state["model"] = prediction.model
-        request.state["version"] = str(prediction.version)
+        x.model = prediction.model
+        x.version = str(prediction.version)
         status, body = adapter.render(prediction.output)
         return WireResponse.json(body, status)
 
     return endpoint
 
 
-async def model_predict(request: WireRequest) -> WireResponse:
+async def model_predict(x: Exchange) -> WireResponse:
     """``POST /v1/models/{name}[/versions/{version}]/predict`` (``?version=`` on the first)."""
-    params = request.params
+    params = x.params
     name = params["name"]
-    ref = version_ref(params["version"] if "version" in params else request.query_param("version"))
-    payload = read_body(request.body, request.content_type)
-    await admit_parts(
-        request.server,
-        request.state,
-        path=request.path,
-        api_key=request.api_key,
-        authorization=request.authorization,
-        model=name,
-    )
-    prediction = await request.server.dataplane.predict(name, payload, version=ref)
-    request.state["model"] = prediction.model
-    request.state["version"] = str(prediction.version)
+    ref = version_ref(params["version"] if "version" in params else x.query_param("version"))
+    payload = read_body(x.body, x.content_type)
+    await admit(x, model=name)
+    prediction = await x.server.dataplane.predict(name, payload, version=ref)
+    x.model = prediction.model
+    x.version = str(prediction.version)
     return WireResponse.json(
         {"model_name": prediction.model, "model_version": prediction.version, "outputs": prediction.output}
     )
 
 
-async def healthz(request: WireRequest) -> WireResponse:
+async def healthz(x: Exchange) -> WireResponse:
     """Liveness: the process answers."""
     return WireResponse.json({"status": "ok"})
 
 
-async def readyz(request: WireRequest) -> WireResponse:
+async def readyz(x: Exchange) -> WireResponse:
     """Readiness: startup finished, every aliased model loaded, not draining."""
-    server = request.server
+    server = x.server
     ready = server.dataplane.ready and not server.draining
     status = "draining" if server.draining else "ready" if ready else "starting"
     loaded = [f"{m.info.model}:{m.info.version}" for m in server.dataplane.loaded()]
     return WireResponse.json({"status": status, "loaded": loaded}, 200 if ready else 503)
 
 
-async def metrics(request: WireRequest) -> WireResponse:
+async def metrics(x: Exchange) -> WireResponse:
     """Prometheus metrics (text exposition)."""
-    return WireResponse(200, request.server.metrics.render(), content_type=CONTENT_TYPE.encode("latin-1"))
+    return WireResponse(200, x.server.metrics.render(), content_type=CONTENT_TYPE.encode("latin-1"))
 
 
 def install(serving: ServingRoutes, services: list[Service]) -> None:

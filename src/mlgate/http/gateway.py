@@ -4,25 +4,21 @@ Refusals keep API Gateway's shapes, which existing clients know: 403
 ``{"message": "Forbidden"}``, 429 ``{"message": "Too Many Requests"}`` / ``{"message":
 "Limit Exceeded"}`` with ``Retry-After``; on a service's original routes throttling reads
 ``{"error": ...}`` and 401 uses the service's own envelope. Rate-limit headers ride on
-every keyed response (the edge middleware adds them from ``request.state``).
+every keyed response (the exchange adds them from its admission).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mlgate.access.gate import Admission
 from mlgate.errors import MlgateError, QuotaExceeded, Throttled, Unauthorized
-from mlgate.types import AuthMode
+from mlgate.http.exchange import Exchange
+from mlgate.types import AuthMode, Caller
 
-if TYPE_CHECKING:
-    from starlette.requests import Request
-
-    from mlgate.http.app import Server
-
-__all__ = ["GatewayRejected", "admit", "admit_parts", "authenticate", "bearer_of", "bearer_token"]
+__all__ = ["GatewayRejected", "admit", "authenticate", "bearer_of"]
 
 ErrorRenderer = Callable[[int, str], tuple[int, Any]]
 
@@ -37,10 +33,6 @@ class GatewayRejected(Exception):
         self.headers = headers
 
 
-def bearer_token(request: Request) -> str | None:
-    return bearer_of(request.headers.get("authorization"))
-
-
 def bearer_of(authorization: str | None) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header value, or None."""
     if not authorization:
@@ -51,54 +43,27 @@ def bearer_of(authorization: str | None) -> str | None:
 
 
 async def admit(
-    request: Request,
+    x: Exchange,
     *,
     model: str | None,
     declared: AuthMode = "default",
     original: ErrorRenderer | None = None,
     cost: int = 1,
 ) -> Admission:
-    """Authenticate and meter this request (raises :class:`GatewayRejected`)."""
-    from mlgate.http.deps import server_of
+    """Authenticate and meter the request ``x`` (raises :class:`GatewayRejected`).
 
-    return await admit_parts(
-        server_of(request),
-        request.scope.setdefault("state", {}),
-        path=request.scope["path"],
-        api_key=request.headers.get("x-api-key"),
-        authorization=request.headers.get("authorization"),
-        model=model,
-        declared=declared,
-        original=original,
-        cost=cost,
-    )
-
-
-async def admit_parts(
-    server: Server,
-    state: dict[str, Any],
-    *,
-    path: str,
-    api_key: str | None,
-    authorization: str | None,
-    model: str | None,
-    declared: AuthMode = "default",
-    original: ErrorRenderer | None = None,
-    cost: int = 1,
-) -> Admission:
-    """:func:`admit` from a request's parts (the predict routes' raw requests).
-
-    ``state`` is the request's state dict (``scope["state"]``): the admission, the key id and the
-    rate-limit headers go there for the edge.
+    On success the admission is the exchange's: its rate-limit headers ride on the answer and
+    its usage is recorded when the exchange closes.
     """
+    server = x.server
     gate = server.gate
-    path = _escaped(path)
+    path = _escaped(x.path)
     mode = gate.mode_for(declared=declared, model=model, path=path)
     try:
         admission = await gate.admit(
             mode=mode,
-            api_key=api_key,
-            bearer=bearer_of(authorization),
+            api_key=x.api_key,
+            bearer=bearer_of(x.authorization),
             scope=model or path,
             cost=cost,
         )
@@ -106,9 +71,7 @@ async def admit_parts(
         server.metrics.gateway_rejections.labels(exc.code).inc()
         headers = dict(getattr(exc, "headers", {}) or {})
         raise _rejection(exc, headers, original) from None
-    state["admission"] = admission
-    state["key_id"] = admission.caller.id
-    state["rate_headers"] = admission.headers
+    x.admit(admission)
     return admission
 
 
@@ -131,16 +94,13 @@ def _rejection(exc: MlgateError, headers: dict[str, str], original: ErrorRendere
     return GatewayRejected(exc.status, {"message": exc.message}, headers)
 
 
-async def authenticate(request: Request, *, model: str | None = None) -> None:
+async def authenticate(x: Exchange, *, model: str | None = None) -> Caller:
     """Authenticate without metering (model listings and metadata): same rule as the model routes."""
-    from mlgate.http.deps import server_of
-
-    gate = server_of(request).gate
-    mode = gate.mode_for(declared="default", model=model, path=_escaped(request.scope["path"]))
+    gate = x.server.gate
+    mode = gate.mode_for(declared="default", model=model, path=_escaped(x.path))
     try:
-        caller = await gate.authenticate(
-            mode=mode, api_key=request.headers.get("x-api-key"), bearer=bearer_token(request)
-        )
+        caller = await gate.authenticate(mode=mode, api_key=x.api_key, bearer=bearer_of(x.authorization))
     except MlgateError as exc:
         raise _rejection(exc, {}, None) from None
-    request.state.key_id = caller.id
+    x.key_id = caller.id
+    return caller

@@ -1,111 +1,665 @@
-"""``mlgate serve``'s HTTP protocol: uvicorn's httptools protocol plus two things of the edge's.
+"""``mlgate serve``'s HTTP/1.1 server protocol: one connection, parsed by httptools (llhttp).
 
-**Load shedding at parse time.** Under overload every refusal takes event-loop time from the
-requests being served: at twice the capacity, a refusal costing r of a served request leaves
-(1 - 2r)/(1 - r) of the capacity for successes. Refused in the ASGI app, a request still costs
-uvicorn's cycle object, an ``asyncio.Event``, a task, the app call and two ``send`` messages —
-about 1/7 of a served W1 request. While the :class:`~mlgate.http.middleware.Edge` is at
-capacity, :class:`MlgateProtocol` writes the same preencoded 503 + ``Retry-After`` answer
-straight to the socket when a request's headers are parsed (keep-alive kept, the body skipped
-by the parser) and counts it; nothing else runs. A request it admits is counted in flight at
-once (:meth:`Edge.reserve`), not when its ASGI task first runs: a burst parsed in one loop
-iteration would otherwise all pass this check and then be refused one by one in ASGI.
+uvicorn runs the process (sockets, workers, signals, lifespan, graceful shutdown); this
+protocol, given to it as its ``http`` class, owns each connection — because uvicorn's own
+protocols bound nothing a hostile client controls: the size and count of headers, the time a
+request head or body may take, the number of open connections (docs/security.md).
 
-**The predict lane.** A request for a predict route (:class:`~mlgate.http.serving.ServingRoutes`)
-is served without an ASGI cycle: its headers and body, as the parser hands them over, become a
-:class:`~mlgate.http.wire.WireRequest`; one task runs :meth:`Edge.serve` (the same code the edge
-runs for it over ASGI: endpoint, errors, gateway headers, usage, metrics, access log) and the
-answer goes out in one write. Per W1 request that skips uvicorn's scope and cycle objects, the
-``asyncio.Event``, the proxy-headers middleware call, two ASGI ``send`` messages with their
-header checks and a second ``write`` system call (profiles in docs/benchmarks.md). HTTP is still
-uvicorn's: parsing, keep-alive and its timeout, ``Connection: close`` and HTTP/1.0,
-``Expect: 100-continue``, chunked request bodies, graceful shutdown (the lane's tasks are in the
-server's task set), and the client address behind a trusted proxy (``X-Forwarded-For``, read
-with uvicorn's own trusted-hosts rule). A body over the route's limit is answered 413 and the
-connection closed, as soon as the limit is passed.
+A connection, and the limits it is held to (``MLGATE_HTTP__*``, :class:`~mlgate.settings.HttpSettings`):
 
-Both only act where uvicorn's bookkeeping stays valid: no response pending on the connection
-(HTTP pipelining keeps its order; uvicorn queues such a request and the edge serves it over
-ASGI), no protocol upgrade, no ``root_path``, and an app that leads to an :class:`Edge` (found
-once per connection through uvicorn's wrappers). Anything else takes uvicorn's normal path.
+- at most ``max_connections`` open per process: beyond, a new connection is answered 503 at once
+  and closed;
+- the request line and headers within ``max_header_bytes`` and ``max_headers``: else 431;
+- a request head complete within ``header_timeout_s`` of its first byte (a fresh connection must
+  start one within that too): else 408 (silence alone is closed without an answer);
+- a body that never pauses longer than ``body_timeout_s``: else 408;
+- idle between requests at most ``keep_alive_s``.
+
+Every refusal is answered with the edge's JSON error, closes its
+:class:`~mlgate.http.exchange.Exchange` (one access-log line, one metric) and, when the request
+was not read whole, shuts the connection down (its write side first, so the answer is read
+before the close).
+
+A request is read whole before it is dispatched (so a slow body holds a connection, never an
+in-flight slot), except on the routes that stream their bodies to the application (uploads).
+Dispatch takes an in-flight slot — or, at ``max_inflight``, answers the preencoded 503 — and then
+either serves an edge route straight from the parsed request (the *predict lane*:
+:meth:`mlgate.http.edge.Edge.serve`, one write), or runs the ASGI application with the exchange
+in its scope (:class:`~mlgate.http.cycle.AsgiCycle`). Pipelined requests are answered in order;
+a client that goes away cancels the work of an edge route (it leaves the model's queue) and
+closes its exchange as 499. Every request task runs in a fresh context (no context variable
+leaks from one request to the next).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
-import time
 import urllib.parse
+from collections import deque
 from typing import Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from mlgate.errors import PayloadTooLarge
+from mlgate.errors import (
+    BadRequest,
+    HeadersTooLarge,
+    MlgateError,
+    Overloaded,
+    PayloadTooLarge,
+    RequestTimeout,
+)
+from mlgate.http.cycle import AsgiCycle
+from mlgate.http.edge import Edge
 from mlgate.http.errors import wire_error
-from mlgate.http.middleware import Edge, request_id_for
-from mlgate.http.serving import ServingRoute
-from mlgate.http.wire import WireRequest, WireResponse, encode_http11, scan_headers
+from mlgate.http.exchange import CLIENT_CLOSED
+from mlgate.http.proxy import TrustedProxies
+from mlgate.http.request import Request
+from mlgate.http.wire import WireResponse, encode_http11, scan_headers
+from mlgate.settings import HttpSettings
 
-__all__ = ["MlgateProtocol"]
+__all__ = ["HttpProtocol", "bind"]
 
 log = logging.getLogger("mlgate.http")
 
-
-class _NoEvent:
-    def set(self) -> None:
-        """uvicorn wakes a cycle's event on disconnect; nothing here waits on it."""
-
-
-_NO_EVENT = _NoEvent()
-
-
-class _ShedCycle:
-    """Stands in for uvicorn's RequestResponseCycle of a request answered at parse time: complete,
-    so the parser's body callbacks skip it and the next request starts as usual."""
-
-    response_complete = True
-    disconnected = False
-    keep_alive = True
-    message_event = _NO_EVENT
-
-
-_SHED_CYCLE: Any = _ShedCycle()
-_UNSET: Any = object()
-_OPAQUE_PROXY: Any = object()
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_NO_HEADERS = scan_headers([])
+#: how long a connection closed after an unread body keeps discarding what the client still sends
+_LINGER_S = 2.0
 
 
-class _LaneCycle(WireRequest):
-    """A predict-lane request in progress, and the request its endpoint gets: what uvicorn reads of
-    a cycle (``response_complete``, ``disconnected``, ``keep_alive``, ``message_event``) on top of
-    the :class:`~mlgate.http.wire.WireRequest` (one object per request, not two)."""
+class _Stop(Exception):
+    """Raised from a parser callback when nothing more of this connection is to be parsed."""
 
-    __slots__ = (
-        "chunks",
-        "client",
-        "disconnected",
-        "keep_alive",
-        "limit",
-        "message_event",
-        "response_complete",
-        "route",
-        "size",
-        "started",
-        "task",
-    )
 
-    route: ServingRoute
-    chunks: list[bytes]
-    size: int
-    limit: int
-    keep_alive: bool
-    client: str | None
-    started: float
-    response_complete: bool
-    disconnected: bool
-    message_event: _NoEvent
-    task: asyncio.Task[None] | None
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing: the request is refused with ``error``."""
+
+    def __init__(self, error: MlgateError, reason: str) -> None:
+        super().__init__(reason)
+        self.error = error
+        self.reason = reason
+
+
+class _Bound:
+    """What every connection of one server shares: the edge, the limits, the application."""
+
+    def __init__(self, edge: Edge, settings: HttpSettings, app: Any, root_path: str) -> None:
+        self.edge = edge
+        self.settings = settings
+        self.app = app
+        self.root_path = root_path
+        self.lane = settings.lane
+        self.proxies = TrustedProxies(settings.forwarded_allow_ips)
+
+
+_BOUND: dict[int, _Bound] = {}
+
+
+def bind(config: Any) -> _Bound:
+    """The edge and limits behind a uvicorn config's application (found once per server)."""
+    bound = _BOUND.get(id(config))
+    if bound is None or bound.app is not config.loaded_app:
+        app = config.loaded_app
+        owner: Any = app
+        for _ in range(8):  # through uvicorn's wrappers (message logger…) to mlgate's application
+            if isinstance(getattr(owner, "edge", None), Edge):
+                break
+            owner = getattr(owner, "app", None)
+        else:
+            owner = None
+        if owner is None or not isinstance(getattr(owner, "edge", None), Edge):
+            raise RuntimeError("mlgate's HTTP protocol serves mlgate's application (mlgate.http.create_app)")
+        bound = _Bound(owner.edge, owner.settings.http, app, config.root_path or "")
+        _BOUND[id(config)] = bound
+        if not bound.lane:
+            log.warning(
+                "mlgate: the predict lane is off (MLGATE_HTTP__LANE=false): every request goes through "
+                "the ASGI application"
+            )
+    return bound
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One HTTP/1.1 connection (see the module docstring). uvicorn creates one per connection."""
+
+    def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: Any = None) -> None:
+        if not config.loaded:
+            config.load()
+        bound = bind(config)
+        self.bound = bound
+        self.edge = bound.edge
+        self.limits = bound.settings
+        self.loop: asyncio.AbstractEventLoop = _loop or asyncio.get_event_loop()
+        self.server_state = server_state
+        self.app_state = app_state
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.peer: str | None = None
+        self.peer_port = 0
+        self.sockname: tuple[str, int] | None = None
+        self.scheme = "http"
+        # parsing
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_count = 0
+        self._head_size = 0  # bytes of the head seen by the callbacks
+        self._head_raw = 0  # bytes of reads that held nothing but the current head
+        self._expect = False
+        self._parsing_head = False
+        self._completed = 0  # messages completed (a read that completed one is not all head)
+        self._current: Request | None = None  # headers read, body being read
+        self._skipping = False  # the body being read belongs to a request answered already (shed)
+        # serving
+        self._active: Request | None = None
+        self._queue: deque[Request] = deque()
+        self._paused = False
+        self._closing = False  # no request after the current one (shutdown, an error)
+        self._ignore = False  # nothing more is parsed (refused, closing, upgraded)
+        self._lost = False  # the connection is gone
+        self._counted = False  # in the edge's count of open connections
+        self._eof = False  # our side is shut (closed or write_eof): nothing more is written
+        self._write_paused = False
+        self._drained: asyncio.Future[None] | None = None
+        # timers: one per connection, re-armed when it fires
+        self._timer: asyncio.TimerHandle | None = None
+        self._since = 0.0  # when the current phase (idle, head, body) started
+        self._idle_limit = self.limits.header_timeout_s
+        # The timer fires at least this often, so a phase with a shorter limit than the one it
+        # was armed for is noticed in time (a timer per phase change would cost every request).
+        self._tick = min(self.limits.header_timeout_s, self.limits.body_timeout_s, self.limits.keep_alive_s)
+
+    # -- connection -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio's classes
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer, self.peer_port = str(peer[0]), int(peer[1])
+        sock = transport.get_extra_info("sockname")
+        if isinstance(sock, tuple) and len(sock) >= 2:
+            self.sockname = (str(sock[0]), int(sock[1]))
+        if transport.get_extra_info("sslcontext"):
+            self.scheme = "https"
+        connections = self.server_state.connections
+        if len(connections) >= self.limits.max_connections:
+            self._refuse_connection()
+            return
+        connections.add(self)
+        self._counted = True
+        self.edge.connections += 1
+        self._since = self.loop.time()
+        self._timer = self.loop.call_later(min(self._idle_limit, self._tick), self._on_timer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server_state.connections.discard(self)
+        if self._counted:
+            self._counted = False
+            self.edge.connections -= 1
+        self._lost = self._ignore = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        active = self._active
+        if active is not None:
+            active.gone = True
+            if active.cycle is not None:
+                active.cycle.disconnected()
+            if active.task is not None and active.route is not None:
+                # An edge route's work is for nobody now: it leaves the model's queue.
+                active.task.cancel()
+        for x in self._queue:
+            x.close(CLIENT_CLOSED, "client_closed")
+        self._queue.clear()
+        current = self._current
+        if current is not None and current is not active:
+            current.close(CLIENT_CLOSED, "client_closed")  # gone while its body was read
+        self._current = None
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def eof_received(self) -> bool | None:
+        return None  # the transport closes; connection_lost follows
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    async def drain(self) -> None:
+        """Wait while the transport's write buffer is over its high-water mark."""
+        if self._write_paused and not self._lost:
+            if self._drained is None:
+                self._drained = self.loop.create_future()
+            await self._drained
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown: no new request; the one in progress is answered first."""
+        self._closing = True
+        if self._active is None and not self._queue and self._current is None:
+            self.transport.close()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._ignore:
+            return
+        in_body = self._current is not None or self._skipping
+        completed = self._completed
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._ignore = True  # served as plain HTTP; nothing after the upgrade request is read
+            return
+        except httptools.HttpParserCallbackError as exc:
+            refused = exc.__context__
+            if isinstance(refused, _Stop):
+                return
+            if isinstance(refused, _Refused):
+                self._refuse(refused.error, refused.reason)
+            else:
+                log.error("mlgate: HTTP parser callback failed", exc_info=refused or exc)
+                self._refuse(BadRequest("invalid HTTP request"), "bad_request")
+            return
+        except httptools.HttpParserError as exc:
+            self._refuse(BadRequest(f"invalid HTTP request: {exc}"), "bad_request")
+            return
+        if self._parsing_head and not in_body and self._completed == completed:
+            # All of this read is the current head (httptools buffers a header line it has not
+            # seen the end of, which the callbacks' count cannot see).
+            self._head_raw += len(data)
+            if self._head_raw > self.limits.max_header_bytes:
+                self._refuse(HeadersTooLarge("request headers too large"), "header_too_large")
+
+    def on_message_begin(self) -> None:
+        if self._ignore:
+            raise _Stop  # e.g. pipelined after a request that closes the connection
+        self._url = b""
+        self._headers = []
+        self._header_count = self._head_size = self._head_raw = 0
+        self._expect = False
+        self._parsing_head = True
+        if self._active is None:
+            self._since = self.loop.time()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_size += len(url)
+        if self._head_size > self.limits.max_header_bytes:
+            raise _Refused(HeadersTooLarge("request line too long"), "header_too_large")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        self._head_size += len(name) + len(value) + 4
+        limits = self.limits
+        if self._header_count > limits.max_headers:
+            raise _Refused(HeadersTooLarge(f"more than {limits.max_headers} headers"), "too_many_headers")
+        if self._head_size > limits.max_header_bytes:
+            raise _Refused(HeadersTooLarge("request headers too large"), "header_too_large")
+        name = name.lower()
+        value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace, which is not the value's
+        if name == b"expect" and value.lower() == b"100-continue":
+            self._expect = True
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._parsing_head = False
+        parser = self.parser
+        method = parser.get_method().decode("ascii")
+        parsed = httptools.parse_url(self._url)
+        raw_path: bytes = parsed.path
+        try:
+            path = raw_path.decode("ascii")
+        except UnicodeDecodeError:
+            raise _Refused(BadRequest("invalid request target"), "bad_request") from None
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        edge = self.edge
+        idle = self._active is None and not self._queue
+        version = parser.get_http_version()
+        keep_alive = version != "1.0" and parser.should_keep_alive() and not self._closing
+        if parser.should_upgrade():
+            keep_alive = False  # no protocol switch here: answered as plain HTTP, then closed
+        if idle and edge.at_capacity() and edge.sheds(path):
+            # Refused before anything else is built; its body, if any, is skipped.
+            edge.shed(method, path, parsed.query or b"", self._client(self._headers))
+            keep_alive = keep_alive and not self._expect  # a client waiting for 100 sends no body
+            self.write(edge.shed_response(self.server_state.default_headers, keep_alive))
+            self.server_state.total_requests += 1
+            if keep_alive:
+                self._skipping = True
+                self._since = self.loop.time()
+            else:
+                self._close(lingering=True)
+            return
+        headers = self._headers
+        known = scan_headers(headers)
+        client = self._client(headers) if known.forwarded else self.peer
+        x = edge.open(
+            method,
+            path,
+            parsed.query or b"",
+            headers,
+            known,
+            client=client,
+            routed=not self.bound.root_path,
+            factory=Request,
+        )
+        assert isinstance(x, Request)
+        limit = edge.limit_for(path)
+        x.prepare(limit=limit, keep_alive=keep_alive, version=version, raw_path=raw_path)
+        x.expect = self._expect
+        x.lane = self.bound.lane and x.route is not None
+        x.streaming = x.route is None and edge.streams(method, path)
+        self._current = x
+        if known.content_length > limit:
+            if x.route is None:
+                x.label = edge.label(method, path)
+            raise _Refused(PayloadTooLarge(f"request body exceeds {limit} bytes"), "body_too_large")
+        if idle:
+            if x.streaming:
+                self._dispatch(x)
+            elif x.expect:
+                x.expect = False
+                self.write(_CONTINUE)
+        self._since = self.loop.time()
+
+    def on_body(self, body: bytes) -> None:
+        x = self._current
+        if x is None:
+            return  # a shed request's body: skipped
+        x.size += len(body)
+        if x.cycle is not None:
+            x.cycle.feed(body)  # streamed to the application, which enforces the limit
+        elif x.size > x.limit:
+            raise _Refused(PayloadTooLarge(f"request body exceeds {x.limit} bytes"), "body_too_large")
+        else:
+            x.chunks.append(body)
+        if self._active is None or x is self._active:
+            self._since = self.loop.time()
+
+    def on_message_complete(self) -> None:
+        self._completed += 1
+        x = self._current
+        self._current = None
+        if x is None:  # the end of a shed request's body
+            self._skipping = False
+            return
+        x.complete = True
+        if x.cycle is not None:
+            x.cycle.feed(b"", more=False)
+            return
+        if not x.streaming:
+            chunks = x.chunks
+            x.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            x.chunks = []
+        if x is self._active:
+            return  # a streaming request dispatched already
+        if self._active is None and not self._queue:
+            self._dispatch(x)
+        else:
+            self._queue.append(x)  # pipelined: answered in order
+            self.pause_reading()
+
+    # -- serving ---------------------------------------------------------------------------
+
+    def _dispatch(self, x: Request) -> None:
+        self._active = x
+        if x.refusal is not None:
+            self._answer_refusal(x)
+            return
+        edge = self.edge
+        sheds = edge.sheds(x.path)
+        if sheds and edge.at_capacity():
+            edge.shed(x.method, x.path, x.query, x.client)
+            keep_alive = x.keep_alive and x.complete and not self._closing
+            self.write(edge.shed_response(self.server_state.default_headers, keep_alive))
+            x.status = 503  # answered: never logged (see mlgate.http.edge on shedding)
+            x.keep_alive = keep_alive
+            self.done(x)
+            return
+        if sheds:  # probes and metrics are neither shed nor counted
+            x.take_slot()
+        if x.expect and not x.complete:
+            x.expect = False
+            self.write(_CONTINUE)
+        if x.lane:
+            coroutine = self._serve(x)
+        else:
+            x.cycle = cycle = AsgiCycle(self, x)
+            coroutine = cycle.run(self.bound.app, self._scope(x))
+        task = self.loop.create_task(coroutine, context=contextvars.Context())
+        x.task = task
+        tasks = self.server_state.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        task.add_done_callback(x.settled)
+
+    async def _serve(self, x: Request) -> None:
+        """The predict lane: an edge route served straight from the parsed request."""
+        assert x.route is not None
+        try:
+            response = await self.edge.serve(x.route, x)
+        except asyncio.CancelledError:
+            return  # the client is gone (closed as 499 by the edge); nothing to write
+        except Exception as exc:  # the edge's own bookkeeping failed: still answer, then close
+            response = wire_error(exc, method=x.method, path=x.path)
+            x.keep_alive = False
+            x.close(response.status)
+        self.answer(x, response)
+
+    def answer(self, x: Request, response: WireResponse) -> None:
+        """Write a whole answer in one write, then go on to what the connection does next."""
+        keep_alive = x.keep_alive and x.complete and not self._closing
+        x.keep_alive = keep_alive
+        self.write(
+            encode_http11(response, default_headers=_default_header_bytes(self), keep_alive=keep_alive)
+        )
+        self.done(x)
+
+    def done(self, x: Request) -> None:
+        """``x`` has been answered: close the connection, or serve what comes next."""
+        self.server_state.total_requests += 1
+        if self._active is x:
+            self._active = None
+        if self._lost or self._eof:
+            return
+        if not x.keep_alive:
+            self._close(lingering=not x.complete, reason=x.refusal[1] if x.refusal else None)
+            return
+        if self._queue:
+            self._dispatch(self._queue.popleft())
+            return
+        self.resume_reading()
+        self._since = self.loop.time()
+        self._idle_limit = self.limits.keep_alive_s
+        current = self._current
+        if current is not None and current.streaming and not current.complete:
+            self._dispatch(current)  # an upload whose turn has come
+
+    def _client(self, headers: list[tuple[bytes, bytes]]) -> str | None:
+        """The client's address: the peer's, or the one a trusted proxy forwarded."""
+        forwarded = [v for n, v in headers if n == b"x-forwarded-for"]
+        if not forwarded:
+            return self.peer
+        return self.bound.proxies.client(self.peer, b", ".join(forwarded).decode("latin-1"))
+
+    def _scope(self, x: Request) -> dict[str, Any]:
+        root = self.bound.root_path
+        client = x.client
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": x.http_version,
+            "server": self.sockname,
+            "client": (client, self.peer_port if client == self.peer else 0) if client else None,
+            "scheme": self._scheme_of(x),
+            "method": x.method,
+            "root_path": root,
+            "path": root + x.path,
+            "raw_path": root.encode("ascii") + x.raw_path,
+            "query_string": x.query,
+            "headers": x.headers,
+            "state": self.app_state.copy(),
+            "mlgate.exchange": x,
+        }
+        return scope
+
+    def _scheme_of(self, x: Request) -> str:
+        if self.bound.proxies.trusts(self.peer):
+            for name, value in x.headers:
+                if name == b"x-forwarded-proto":
+                    proto = value.decode("latin-1").strip().lower()
+                    if proto in ("http", "https"):
+                        return proto
+        return self.scheme
+
+    # -- refusals and closing ----------------------------------------------------------------
+
+    def _refuse(self, error: MlgateError, reason: str) -> None:
+        """Refuse the request being read (or a head not yet complete), answer in turn, close."""
+        self._ignore = True  # nothing after this is parsed
+        self._closing = True
+        x = self._current
+        self._current = None
+        if x is None:
+            x = self._head_exchange()
+        elif x is self._active:  # a streaming request: its application answers (and closes)
+            if x.cycle is not None:
+                x.cycle.fail(error, reason)
+            return
+        x.refusal = (error, reason)
+        x.keep_alive = False
+        if self._active is None and not self._queue:
+            self._answer_refusal(x)
+        else:
+            self._queue.append(x)
+            self.pause_reading()
+
+    def _head_exchange(self) -> Request:
+        """An exchange for a request refused before its head was complete: what was read of it."""
+        method = "-"
+        if self._url:  # the method has been parsed
+            try:
+                method = self.parser.get_method().decode("ascii")
+            except (UnicodeDecodeError, httptools.HttpParserError):
+                method = "-"
+        path, _, query = self._url[:256].partition(b"?")
+        x = self.edge.open(
+            method,
+            path.decode("latin-1") or "-",
+            query,
+            [],
+            _NO_HEADERS,
+            client=self.peer,
+            routed=False,
+            factory=Request,
+        )
+        assert isinstance(x, Request)
+        if self._header_count:  # the request line is complete: its route can be told
+            x.label = self.edge.label(method, x.path)
+        x.prepare(limit=0, keep_alive=False, version="1.1", raw_path=b"")
+        return x
+
+    def _answer_refusal(self, x: Request) -> None:
+        assert x.refusal is not None
+        error, reason = x.refusal
+        self._active = x
+        self.answer(x, self.edge.refusal(x, error, reason))
+
+    def _refuse_connection(self) -> None:
+        """Over ``max_connections``: a 503 at once, then closed (the request is not read)."""
+        self._ignore = True
+        x = self.edge.open("-", "-", b"", [], _NO_HEADERS, client=self.peer, routed=False)
+        x.label = "(connection)"
+        error = Overloaded("too many open connections; retry shortly", retry_after=1.0)
+        response = self.edge.refusal(x, error, "too_many_connections")
+        self.write(encode_http11(response, default_headers=_default_header_bytes(self), keep_alive=False))
+        self._close(lingering=True, reason="too_many_connections")
+
+    def _close(self, *, lingering: bool = False, reason: str | None = None) -> None:
+        """Close, or — when the client may still be sending (an unread body) — shut the write
+        side and discard what arrives for a moment, so the answer is read instead of reset.
+        ``reason``: why the server closes on its own (counted), None for an answered close."""
+        self._ignore = True
+        transport = self.transport
+        if self._eof or transport.is_closing():
+            return
+        self._eof = True
+        if reason is not None:
+            self.edge.metrics.http_closed.labels(reason).inc()
+        if lingering and transport.can_write_eof():
+            transport.write_eof()
+            self.resume_reading()
+            self.loop.call_later(_LINGER_S, transport.close)
+        else:
+            transport.close()
+
+    def write(self, data: bytes) -> None:
+        """Write to the client, unless the connection is gone or our side shut."""
+        if not self._eof and not self.transport.is_closing():
+            self.transport.write(data)
+
+    @property
+    def closing(self) -> bool:
+        """No request after the current one is served on this connection."""
+        return self._closing
+
+    def default_headers(self) -> bytes:
+        """The server's default headers (``date``) as encoded header lines."""
+        return _default_header_bytes(self)
+
+    def pause_reading(self) -> None:
+        if not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._paused:
+            self._paused = False
+            self.transport.resume_reading()
+
+    # -- timeouts ----------------------------------------------------------------------------
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._lost or self._eof or self.transport.is_closing():
+            return
+        limits = self.limits
+        elapsed = self.loop.time() - self._since
+        active = self._active
+        if active is not None:
+            wait = limits.body_timeout_s
+            if active.cycle is not None and not active.complete:  # an upload being streamed
+                wait -= elapsed
+                if wait <= 0:
+                    self._refuse(RequestTimeout("request body not received in time"), "body_timeout")
+                    return
+        elif self._current is not None or self._skipping:
+            wait = limits.body_timeout_s - elapsed
+            if wait <= 0:
+                if self._skipping:
+                    self._close(reason="body_timeout")
+                else:
+                    self._refuse(RequestTimeout("request body not received in time"), "body_timeout")
+                return
+        elif self._parsing_head:
+            wait = limits.header_timeout_s - elapsed
+            if wait <= 0:
+                self._refuse(RequestTimeout("request headers not received in time"), "header_timeout")
+                return
+        else:
+            wait = self._idle_limit - elapsed
+            if wait <= 0:
+                self._close(reason="idle")  # closed without an answer, as keep-alive expiry is
+                return
+        self._timer = self.loop.call_later(min(max(wait, 0.01), self._tick), self._on_timer)
 
 
 # The server's default headers (``date``) as header lines, re-encoded when uvicorn replaces the
@@ -113,284 +667,12 @@ class _LaneCycle(WireRequest):
 _defaults: tuple[Any, bytes] = (None, b"")
 
 
-def _default_header_bytes(default_headers: list[tuple[bytes, bytes]]) -> bytes:
+def _default_header_bytes(protocol: HttpProtocol) -> bytes:
     global _defaults
+    default_headers = protocol.server_state.default_headers
     cached = _defaults
     if cached[0] is default_headers:
         return cached[1]
     encoded = b"".join(b"%s: %s\r\n" % (name, value) for name, value in default_headers)
     _defaults = (default_headers, encoded)
     return encoded
-
-
-class MlgateProtocol(HttpToolsProtocol):
-    _edge: Any = _UNSET
-    _proxy: Any = None  # uvicorn's trusted-hosts rule, when it reads proxy headers
-    _scoped = True  # whether uvicorn's ASGI scope of the current request has been built
-    _shedding = False  # the current request will be refused at headers-complete
-    _idle_since: float | None = None  # loop time the connection went idle; None: busy
-    _idle_timer: asyncio.TimerHandle | None = None
-
-    # -- parser callbacks ------------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        # uvicorn builds the request's ASGI scope here; the lane and a refusal never use it, so it
-        # is built only for a request that goes uvicorn's way (_scope).
-        self.url = b""
-        self.expect_100_continue = False
-        self.headers = []
-        self._scoped = False
-        self._shedding = False
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._shedding:
-            return  # refused at headers-complete, whatever it says
-        if not self.headers and self._refuse_now():
-            self._shedding = True
-            return
-        super().on_header(name, value)
-
-    def on_headers_complete(self) -> None:
-        edge = self._edge
-        if edge is _UNSET:
-            edge, self._proxy = _find_edge(self.app)
-            self._edge = edge
-        if self._shedding:
-            self._shed(edge)
-            return
-        if (
-            edge is None
-            or not (self.cycle is None or self.cycle.response_complete)  # pipelined: uvicorn queues it
-            or self.parser.should_upgrade()
-        ):
-            self._scope()
-            super().on_headers_complete()
-            return
-        parsed = httptools.parse_url(self.url)
-        if edge.at_capacity() and edge.sheds(parsed.path.decode("latin-1")):
-            self._shed(edge)
-            return
-        if self.root_path or not self._start_lane(edge, parsed):
-            # Admitted: its ASGI task starts now (uvicorn's standard case), and the edge counts it in
-            # flight from this moment, so the next request parsed in this same loop iteration sees it.
-            self._scope()
-            edge.reserve(self.scope)
-            super().on_headers_complete()
-
-    def _scope(self) -> None:
-        """Build the ASGI scope with uvicorn's own code, keeping what was parsed so far."""
-        if not self._scoped:
-            url, headers, expect = self.url, self.headers, self.expect_100_continue
-            super().on_message_begin()
-            self.url, self.headers, self.expect_100_continue = url, headers, expect
-            self.scope["headers"] = headers
-            self._scoped = True
-
-    def _refuse_now(self) -> bool:
-        """At the request's first header (its request line is parsed): will it be shed? Then its
-        headers need not be kept. The same conditions as at headers-complete."""
-        edge = self._edge
-        if edge is _UNSET:
-            edge, self._proxy = _find_edge(self.app)
-            self._edge = edge
-        if edge is None or not edge.at_capacity() or not (self.cycle is None or self.cycle.response_complete):
-            return False
-        return bool(edge.sheds(httptools.parse_url(self.url).path.decode("latin-1")))
-
-    # -- keep-alive: one timer per idle connection, not one per response ----------------------
-
-    def _unset_keepalive_if_required(self) -> None:
-        self._idle_since = None  # data arrived: busy (the timer, if any, finds out when it fires)
-
-    def on_response_complete(self) -> None:
-        # uvicorn's, but the keep-alive timeout is armed once and re-armed when it fires, instead of a
-        # timer created per response and cancelled by the next request's data.
-        self.server_state.total_requests += 1
-        if self.transport.is_closing():
-            return
-        self.flow.resume_reading()
-        if self.pipeline:
-            cycle, app = self.pipeline.pop()
-            self._start_asgi_task(cycle, app)
-            return
-        self._idle_since = self.loop.time()
-        if self._idle_timer is None:
-            self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
-
-    def _idle_check(self) -> None:
-        self._idle_timer = None
-        since = self._idle_since
-        if since is None or self.transport.is_closing():
-            return  # busy: the next response arms the timer again
-        idle = self.loop.time() - since
-        if idle >= self.timeout_keep_alive:
-            self.timeout_keep_alive_handler()
-        else:
-            self._idle_timer = self.loop.call_later(self.timeout_keep_alive - idle, self._idle_check)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-        cycle: Any = self.cycle
-        if type(cycle) is _LaneCycle and not cycle.response_complete and cycle.task is not None:
-            # Nobody will read the answer: the request leaves the model's queue (or its batch's
-            # result is dropped), and is logged as 499 (:meth:`Edge.serve`).
-            cycle.task.cancel()
-        super().connection_lost(exc)
-
-    def on_body(self, body: bytes) -> None:
-        cycle: Any = self.cycle
-        if type(cycle) is not _LaneCycle:
-            super().on_body(body)
-            return
-        if cycle.response_complete:
-            return
-        cycle.size += len(body)
-        if cycle.size > cycle.limit:
-            self._too_large(cycle)
-            return
-        cycle.chunks.append(body)
-
-    def on_message_complete(self) -> None:
-        cycle: Any = self.cycle
-        if type(cycle) is not _LaneCycle:
-            super().on_message_complete()
-            return
-        if cycle.response_complete:
-            return
-        task = self.loop.create_task(self._serve(cycle))
-        task.add_done_callback(self.tasks.discard)
-        self.tasks.add(task)
-        cycle.task = task
-
-    # -- shedding ----------------------------------------------------------------------------
-
-    def _shed(self, edge: Edge) -> None:
-        method = self.parser.get_method().decode("latin-1")
-        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
-        edge.count_shed(method)
-        self.cycle = _SHED_CYCLE
-        self.transport.write(edge.shed_response(self.server_state.default_headers, keep_alive))
-        if keep_alive:
-            self.on_response_complete()  # arms keep-alive, resumes reading, as after any answer
-        else:
-            self.transport.close()
-
-    # -- the predict lane --------------------------------------------------------------------
-
-    def _start_lane(self, edge: Edge, parsed: Any) -> bool:
-        """Take this request into the lane if it is for a predict route; False: not ours."""
-        try:
-            path = parsed.path.decode("ascii")
-        except UnicodeDecodeError:
-            return False  # uvicorn's path decides what such a request gets
-        if "%" in path:
-            path = urllib.parse.unquote(path)
-        method = self.parser.get_method().decode("ascii")
-        served = edge.serving.match(method, path)
-        if served is None:
-            return False
-        headers = self.headers
-        known = scan_headers(headers)
-        if known.cross_origin and edge.bypass_cross_origin:
-            return False  # CORS is FastAPI's middleware's
-        if self._proxy is _OPAQUE_PROXY and known.forwarded:
-            return False  # a proxy-headers middleware whose rule we cannot read: let it run
-        limit = edge.path_limits.get(path, edge.max_body_bytes)
-        cycle = _LaneCycle(
-            method,
-            path,
-            parsed.query or b"",
-            headers,
-            b"",
-            edge.owner.state.server,
-            {"request_id": request_id_for(known)},
-            served[1],
-            known.content_type,
-            known.api_key,
-            known.authorization,
-        )
-        cycle.route = served[0]
-        cycle.chunks = []
-        cycle.size = 0
-        cycle.limit = limit
-        cycle.keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
-        cycle.client = self._client_host(headers, known.forwarded)
-        cycle.started = time.perf_counter()
-        cycle.response_complete = False
-        cycle.disconnected = False
-        cycle.message_event = _NO_EVENT
-        cycle.task = None
-        self.cycle = cycle  # type: ignore[assignment]
-        edge.inflight += 1
-        if known.content_length > limit:
-            self._too_large(cycle)
-        elif self.expect_100_continue:
-            self.transport.write(_CONTINUE)
-        return True
-
-    async def _serve(self, cycle: _LaneCycle) -> None:
-        edge: Edge = self._edge
-        try:
-            chunks = cycle.chunks
-            cycle.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            cycle.chunks = []
-            response = await edge.serve(cycle.route, cycle, cycle.started, client=cycle.client)
-        except Exception as exc:  # the edge's own bookkeeping failed: still answer
-            response = wire_error(exc, method=cycle.method, path=cycle.path)
-            cycle.keep_alive = False
-        finally:
-            edge.inflight -= 1
-        self._answer(cycle, response)
-
-    def _too_large(self, cycle: _LaneCycle) -> None:
-        """413 at once and close: the rest of an oversized body is not worth reading."""
-        edge: Edge = self._edge
-        edge.inflight -= 1
-        limit = cycle.limit
-        response = wire_error(PayloadTooLarge(f"request body exceeds {limit} bytes"), method="", path="")
-        response.headers.append((b"x-request-id", cycle.state["request_id"].encode()))
-        edge.observe(
-            cycle.route.path, cycle.method, 413, cycle.started, cycle.state, cycle.path, cycle.client
-        )
-        cycle.chunks = []
-        cycle.keep_alive = False
-        self._answer(cycle, response)
-
-    def _answer(self, cycle: _LaneCycle, response: WireResponse) -> None:
-        cycle.response_complete = True
-        if cycle.disconnected or self.transport.is_closing():
-            return  # the client is gone (uvicorn's send does the same)
-        defaults = _default_header_bytes(self.server_state.default_headers)
-        self.transport.write(encode_http11(response, default_headers=defaults, keep_alive=cycle.keep_alive))
-        if not cycle.keep_alive:
-            self.transport.close()
-        self.on_response_complete()  # keep-alive timer, reading resumed, a pipelined request started
-
-    def _client_host(self, headers: list[tuple[bytes, bytes]], forwarded_for: bool) -> str | None:
-        """The client's address for the access log: the peer's, or the one a trusted proxy forwarded."""
-        peer = self.client[0] if self.client else None
-        proxy = self._proxy
-        if not forwarded_for or proxy is None or proxy is _OPAQUE_PROXY or peer not in proxy:
-            return peer
-        forwarded = [value for name, value in headers if name == b"x-forwarded-for"]
-        host, _ = proxy.get_trusted_client_address(b", ".join(forwarded).decode("latin-1"))
-        return host or peer
-
-
-def _find_edge(app: Any) -> tuple[Edge | None, Any]:
-    """The edge behind ``app`` (uvicorn wraps the application: proxy headers, logging…) and, when
-    uvicorn's proxy-headers middleware is one of the wrappers, its trusted-hosts rule."""
-    proxy = None
-    for _ in range(8):
-        trusted = getattr(app, "trusted_hosts", None)
-        if trusted is not None:
-            proxy = trusted if hasattr(trusted, "get_trusted_client_address") else _OPAQUE_PROXY
-        edge = getattr(app, "edge", None)
-        if isinstance(edge, Edge):
-            return edge, proxy
-        app = getattr(app, "app", None)
-        if app is None:
-            return None, None
-    return None, None

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from mlgate.errors import ConfigurationError, InvalidInput
-from mlgate.http.deps import json_body, require_admin, server_of
+from mlgate.http.deps import exchange_of, json_body, require_admin, server_of
 from mlgate.http.jsonio import JSONResponse
 from mlgate.http.routes_models import version_json
 from mlgate.registration import runtime_for_suffix
@@ -101,8 +101,9 @@ async def upload_version(name: str, request: Request, _: Caller = Depends(requir
         )
     await form.close()
     server.dataplane.invalidate()
-    request.state.model = name
-    request.state.version = str(info.version)
+    x = exchange_of(request)
+    x.model = name
+    x.version = str(info.version)
     return JSONResponse(version_json(info, list(aliases)), status_code=201)
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from mlgate.errors import InvalidInput, MlgateError
-from mlgate.http.deps import json_body, server_of, to_starlette, version_ref
+from mlgate.http.deps import exchange_of, json_body, server_of, starlette_endpoint, version_ref
 from mlgate.http.endpoints import model_predict
 from mlgate.http.gateway import admit, authenticate
 from mlgate.http.jsonio import JSONResponse
@@ -33,6 +33,7 @@ _BATCH_JSON = {
     }
 }
 MAX_BATCH_ITEMS = 1024
+_model_predict = starlette_endpoint(model_predict)
 
 
 def model_json(model: ModelInfo, loaded: list[int]) -> dict[str, Any]:
@@ -70,7 +71,7 @@ def version_json(info: VersionInfo, aliases: list[str]) -> dict[str, Any]:
 
 @router.get("", summary="List models with their aliases and loaded versions")
 async def list_models(request: Request) -> JSONResponse:
-    await authenticate(request)
+    await authenticate(exchange_of(request))
     server = server_of(request)
     models = await asyncio.to_thread(server.repository.list_models)
     loaded: dict[str, list[int]] = {}
@@ -81,7 +82,7 @@ async def list_models(request: Request) -> JSONResponse:
 
 @router.get("/{name}", summary="Describe a model and every version's manifest")
 async def get_model(name: str, request: Request) -> JSONResponse:
-    await authenticate(request, model=name)
+    await authenticate(exchange_of(request), model=name)
     server = server_of(request)
     model = await asyncio.to_thread(server.repository.get_model, name)
     versions = await asyncio.to_thread(server.repository.list_versions, name)
@@ -101,10 +102,11 @@ async def _batch(request: Request, name: str, ref: str | int | None) -> JSONResp
         raise InvalidInput('a batch is {"inputs": [input, input, ...]} with at least one input')
     if len(inputs) > MAX_BATCH_ITEMS:
         raise InvalidInput(f"a batch holds at most {MAX_BATCH_ITEMS} inputs")
-    await admit(request, model=name, cost=len(inputs))
-    info, results = await server_of(request).dataplane.predict_many(name, inputs, version=ref)
-    request.state.model = info.model
-    request.state.version = str(info.version)
+    x = exchange_of(request)
+    await admit(x, model=name, cost=len(inputs))
+    info, results = await x.server.dataplane.predict_many(name, inputs, version=ref)
+    x.model = info.model
+    x.version = str(info.version)
     out: list[dict[str, Any]] = []
     for r in results:
         if isinstance(r, MlgateError):
@@ -118,7 +120,7 @@ async def _batch(request: Request, name: str, ref: str | int | None) -> JSONResp
     "/{name}/predict", summary="Predict with the production version (or ?version=)", openapi_extra=_ANY_JSON
 )
 async def predict(name: str, request: Request, version: str | None = None) -> Response:
-    return await to_starlette(model_predict, request)
+    return await _model_predict(request)
 
 
 @router.post(
@@ -127,7 +129,7 @@ async def predict(name: str, request: Request, version: str | None = None) -> Re
     openapi_extra=_ANY_JSON,
 )
 async def predict_version(name: str, version: str, request: Request) -> Response:
-    return await to_starlette(model_predict, request)
+    return await _model_predict(request)
 
 
 @router.post("/{name}/batch", summary="Many inputs in one call, answered in order", openapi_extra=_BATCH_JSON)

@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from mlgate.access.gate import ANONYMOUS
 from mlgate.errors import MlgateError
-from mlgate.http.deps import server_of, starlette_endpoint
+from mlgate.http.deps import exchange_of, server_of, starlette_endpoint
 from mlgate.http.endpoints import service_endpoint
 from mlgate.http.gateway import admit
 from mlgate.http.jsonio import JSONResponse
@@ -32,7 +32,9 @@ def _info_endpoint(route: InfoRoute, service: Service) -> Callable[[Request], Aw
         if route.auth == "public" and route.path not in server.settings.auth.routes:
             caller = ANONYMOUS
         else:
-            admission = await admit(request, model=None, declared=route.auth, original=route.render_error)
+            admission = await admit(
+                exchange_of(request), model=None, declared=route.auth, original=route.render_error
+            )
             caller = admission.caller
         versions: dict[str, int] = {}
         for bundled in service.models:

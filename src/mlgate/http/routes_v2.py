@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 
 from mlgate import __version__
 from mlgate.errors import InvalidInput
-from mlgate.http.deps import json_body, server_of, version_ref
+from mlgate.http.deps import exchange_of, json_body, server_of, version_ref
 from mlgate.http.gateway import admit, authenticate
 from mlgate.http.jsonio import JSONResponse
 
@@ -126,7 +126,7 @@ async def server_metadata() -> JSONResponse:
 
 
 async def _metadata(request: Request, name: str, ref: str | int | None) -> JSONResponse:
-    await authenticate(request, model=name)
+    await authenticate(exchange_of(request), model=name)
     dataplane = server_of(request).dataplane
     info = await dataplane.resolve(name, ref)
     loaded = await dataplane.ensure_loaded(info)
@@ -143,7 +143,7 @@ async def _metadata(request: Request, name: str, ref: str | int | None) -> JSONR
 
 
 async def _ready(request: Request, name: str, ref: str | int | None) -> JSONResponse:
-    await authenticate(request, model=name)
+    await authenticate(exchange_of(request), model=name)
     dataplane = server_of(request).dataplane
     info = await dataplane.resolve(name, ref)
     ok = dataplane.is_loaded(info.model, info.version)
@@ -156,10 +156,11 @@ async def _infer(request: Request, name: str, ref: str | int | None) -> JSONResp
         raise InvalidInput('an inference request is {"inputs": [{name, shape, datatype, data}, ...]}')
     tensors = dict(_tensor(spec) for spec in body["inputs"])
     rows = next(iter(tensors.values())).shape[0] if next(iter(tensors.values())).ndim else 1
-    await admit(request, model=name, cost=max(1, int(rows)))
+    x = exchange_of(request)
+    await admit(x, model=name, cost=max(1, int(rows)))
     info, outputs = await server_of(request).dataplane.infer_tensors(name, tensors, version=ref)
-    request.state.model = info.model
-    request.state.version = str(info.version)
+    x.model = info.model
+    x.version = str(info.version)
     response: dict[str, Any] = {
         "model_name": info.model,
         "model_version": str(info.version),

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Request
 
 from mlgate.errors import InvalidInput, NotFound, Overloaded
-from mlgate.http.deps import json_body, require_admin, require_caller, server_of
+from mlgate.http.deps import exchange_of, json_body, require_admin, require_caller, server_of
 from mlgate.http.gateway import admit
 from mlgate.http.jsonio import JSONResponse
 from mlgate.payloads import parse_json
@@ -181,11 +181,12 @@ async def start(
 ) -> JSONResponse:
     raw = await request.body()
     data = parse_json(raw) if raw.strip() else {}
-    admission = await admit(request, model=None, declared="either")
+    x = exchange_of(request)
+    admission = await admit(x, model=None, declared="either")
     caller = admission.caller
     if caller.kind == "anonymous":
         caller = await require_caller(request)
-    request.state.model = f"workflow:{name}"
+    x.model = f"workflow:{name}"
     record = await _service(request).start_execution(
         name, data, mode=mode, name=execution_name, owner=owner_of(caller)
     )

@@ -1,42 +1,28 @@
-"""The predict routes' table: endpoints on raw requests, served by the edge before FastAPI.
+"""The table of routes the edge serves itself, before FastAPI: predictions, probes, metrics.
 
-An endpoint takes a :class:`~mlgate.http.wire.WireRequest` and returns a
-:class:`~mlgate.http.wire.WireResponse`. The edge serves it from ASGI
-(:class:`mlgate.http.middleware.Edge`) and ``mlgate serve``'s protocol serves it straight from
-the parsed HTTP request (:mod:`mlgate.http.protocol`); :func:`mlgate.http.deps.starlette_endpoint`
-wraps the same endpoint as a FastAPI route, registered for the OpenAPI docs and for the requests
-the edge passes on to FastAPI (a ``root_path``, a cross-origin request when CORS is configured).
+An endpoint takes a request's :class:`~mlgate.http.exchange.Exchange` and returns a
+:class:`~mlgate.http.wire.WireResponse`. ``mlgate serve``'s protocol serves it straight from the
+parsed HTTP request (:mod:`mlgate.http.protocol`), any other ASGI server through the ASGI driver
+(:mod:`mlgate.http.asgi`), both with :meth:`mlgate.http.edge.Edge.serve`;
+:func:`mlgate.http.deps.starlette_endpoint` wraps the same endpoint as a FastAPI route,
+registered for the OpenAPI docs and for the requests the edge passes on to FastAPI (a
+``root_path``, a cross-origin request when CORS is configured).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from starlette.convertors import CONVERTOR_TYPES, Convertor
 
-from mlgate.http.wire import WireRequest, WireResponse
+from mlgate.http.exchange import ServingRoute, WireEndpoint
 
 __all__ = ["ServingRoute", "ServingRoutes", "WireEndpoint", "compile_path"]
 
-WireEndpoint = Callable[[WireRequest], Awaitable[WireResponse]]
-
-
-@dataclass(frozen=True, slots=True)
-class ServingRoute:
-    """One hot-path route: its template (the metrics label), compiled pattern and endpoint."""
-
-    path: str
-    method: str
-    endpoint: WireEndpoint
-    regex: re.Pattern[str]
-    convertors: dict[str, Convertor[Any]]
-
 
 class ServingRoutes:
-    """The predict routes, dispatched by the edge (:mod:`mlgate.http.middleware`) before FastAPI.
+    """The edge's own routes, matched before FastAPI (:class:`mlgate.http.edge.Edge`).
 
     FastAPI's stack costs ~100 µs per request before an endpoint runs (its telemetry switch
     reads the environment, four middlewares, matching every router, dependency solving, an

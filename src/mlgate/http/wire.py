@@ -1,11 +1,9 @@
-"""A request and a response as raw parts: what the predict routes take and give.
+"""Raw HTTP parts shared by the drivers: the headers the edge reads, and an answer.
 
-The predict routes (:mod:`mlgate.http.serving`) are served from two places — the edge's ASGI
-path (:class:`mlgate.http.middleware.Edge`) and, under ``mlgate serve``, straight from the
-HTTP protocol (:mod:`mlgate.http.protocol`) without an ASGI cycle. Both build a
-:class:`WireRequest` from what they parsed and write the :class:`WireResponse` the endpoint
-returns, so the endpoints are one implementation, free of Starlette's request and response
-objects (~20 µs per request of the W1 profile).
+The edge's own routes (:mod:`mlgate.http.serving`) return a :class:`WireResponse`, which
+``mlgate serve``'s protocol encodes as one HTTP/1.1 buffer (:func:`encode_http11`, one write)
+and the ASGI driver sends as two ASGI messages — one implementation of the endpoints, free of
+Starlette's request and response objects.
 
 Header names are lower-case bytes, as uvicorn and ASGI give them. Response header values are
 checked for line breaks where they are built from anything but numbers (:meth:`WireResponse.json`),
@@ -17,14 +15,11 @@ from __future__ import annotations
 import http
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-if TYPE_CHECKING:
-    from mlgate.http.app import Server
-
-__all__ = ["STATUS_LINES", "KnownHeaders", "WireRequest", "WireResponse", "encode_http11", "scan_headers"]
+__all__ = ["STATUS_LINES", "KnownHeaders", "WireResponse", "encode_http11", "scan_headers"]
 
 _UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -88,44 +83,6 @@ def scan_headers(headers: list[tuple[bytes, bytes]]) -> KnownHeaders:
         elif name == b"x-forwarded-for":
             forwarded = True
     return KnownHeaders(request_id, length, cross_origin, content_type, api_key, authorization, forwarded)
-
-
-@dataclass(slots=True)
-class WireRequest:
-    """One request to a predict route: method, path, query, headers, the whole body, and ``state``
-    (what the handlers report for the access log and the gateway: ``request_id``, ``model``,
-    ``version``, ``key_id``, ``admission``, ``rate_headers`` — the same keys as ``scope["state"]``).
-    ``content_type``, ``api_key`` and ``authorization`` are the headers' first values, read once."""
-
-    method: str
-    path: str
-    query: bytes
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    server: Server
-    state: dict[str, Any]
-    params: dict[str, Any] = field(default_factory=dict)
-    content_type: str = ""
-    api_key: str | None = None
-    authorization: str | None = None
-
-    def header(self, name: bytes) -> str | None:
-        """The first value of header ``name`` (lower-case bytes), or None."""
-        for key, value in self.headers:
-            if key == name:
-                return value.decode("latin-1")
-        return None
-
-    def query_param(self, name: str) -> str | None:
-        """The first value of query parameter ``name``, or None (``?version=2``)."""
-        if not self.query:
-            return None
-        from urllib.parse import parse_qsl
-
-        for key, value in parse_qsl(self.query.decode("latin-1"), keep_blank_values=True):
-            if key == name:
-                return value
-        return None
 
 
 @dataclass(slots=True)

@@ -46,6 +46,7 @@ class AccessRecord:
     version: str | None = None
     key_id: str | None = None
     client: str | None = None
+    reason: str | None = None
 
 
 # The date of the last second stamped: (whole seconds, "YYYY-MM-DDTHH:MM:SS"). A line's date is
@@ -131,6 +132,7 @@ class AccessLog:
             record.version,
             record.key_id,
             record.client,
+            record.reason,
         )
 
     def line(
@@ -144,8 +146,12 @@ class AccessLog:
         version: str | None,
         key_id: str | None,
         client: str | None,
+        reason: str | None = None,
     ) -> None:
-        """:meth:`write` without building an :class:`AccessRecord` (the edge's per-request call)."""
+        """:meth:`write` without building an :class:`AccessRecord` (the edge's per-request call).
+
+        ``reason`` (why the edge refused or ended the request: ``header_timeout``,
+        ``client_closed``…) is written only when there is one."""
         if not self._running:
             return
         line = {
@@ -160,6 +166,8 @@ class AccessLog:
             "key_id": key_id,
             "client": client,
         }
+        if reason is not None:
+            line["reason"] = reason
         self._pending.append(orjson.dumps(line))  # deque.append: atomic, thread-safe
 
     # -- the writer thread ------------------------------------------------------------------

@@ -83,6 +83,21 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.http_inflight = Gauge(
+            "mlgate_http_requests_in_flight",
+            "requests being served by this process (load shedding's count)",
+            registry=r,
+        )
+        self.http_connections = Gauge(
+            "mlgate_http_connections", "open HTTP connections of this process (mlgate serve)", registry=r
+        )
+        self.http_closed = Counter(
+            "mlgate_http_connections_closed",
+            "connections the server closed on its own, by reason (idle, header_timeout, body_timeout, "
+            "too_many_connections, header_too_large, bad_request…)",
+            ("reason",),
+            registry=r,
+        )
         self.invocations = HotCounter(
             "mlgate_model_invocations", "model predictions served", labels, registry=r
         )

@@ -56,10 +56,10 @@ def test_the_edge_answers_while_fastapi_is_still_being_built(
                 admin = asyncio.create_task(client.get("/v1/models", headers={"x-api-key": ADMIN}))
                 await asyncio.sleep(0.2)
                 assert not admin.done()  # waits for FastAPI, does not fail
-                assert app.state.server.workflows is None
+                assert app.server.workflows is None
                 release.set()
                 assert (await admin).status_code == 200
-                assert app.state.server.workflows is not None  # the rest of startup finished
+                assert app.server.workflows is not None  # the rest of startup finished
 
     asyncio.run(main())
 
@@ -86,7 +86,8 @@ def test_the_edge_and_the_server_import_no_fastapi_nor_the_workflow_engine() -> 
     """What ``mlgate serve`` imports before it answers: cold start is a target (the rest is
     imported by the build after startup)."""
     code = (
-        "import sys, mlgate.cli, mlgate.http.app, mlgate.http.protocol, mlgate.http.endpoints;"
+        "import sys, mlgate.cli, mlgate.http.app, mlgate.http.runner, mlgate.http.protocol,"
+        " mlgate.http.endpoints;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'jsonpath_ng', 'alembic',"
         " 'boto3', 'redis', 'jwt', 'rich', 'httpx') or m.startswith('mlgate.workflows')))"
     )

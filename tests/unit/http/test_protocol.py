@@ -1,153 +1,284 @@
-"""MlgateProtocol on a real uvicorn server (loopback): at capacity a request is refused with
-the edge's preencoded 503 before any ASGI work; keep-alive, probes and ordering still hold."""
+"""``mlgate serve``'s HTTP protocol on a real uvicorn server (loopback): the edge's routes are
+answered straight from the parser (the predict lane) and HTTP still behaves — keep-alive,
+pipelining, chunked bodies, ``Expect: 100-continue``, body limits, HTTP/1.0, proxies,
+disconnects, load shedding, graceful shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import socket
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
-import uvicorn
-
-from mlgate.http.middleware import Edge
-from mlgate.http.protocol import MlgateProtocol
-from mlgate.settings import LogSettings
-from mlgate.telemetry.access_log import AccessLog
-from mlgate.telemetry.metrics import Metrics
+from tests.unit.http.harness import LIMIT, MiniApp, post, read_response, serve, wait_for
 
 
-class Holder:
-    """Stands in for the app uvicorn serves: an object whose ``edge`` fronts everything."""
+def test_edge_routes_are_answered_without_asgi_on_a_kept_alive_connection(tmp_path: Path) -> None:
+    async def test(app: MiniApp, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for i in range(3):
+            body = json.dumps({"i": i}).encode()
+            extra = "x-api-key: k1\r\ncontent-type: application/json\r\nx-request-id: rid-7\r\n"
+            writer.write(post("/echo?version=3", body, extra))
+            status, headers, answer = await read_response(reader)
+            assert status == 200
+            assert headers["content-type"] == "application/json"
+            assert headers["x-request-id"] == "rid-7"
+            assert "date" in headers
+            assert "connection" not in headers  # kept alive
+            assert json.loads(answer) == {
+                "size": len(body),
+                "body": body.decode(),
+                "api_key": "k1",
+                "content_type": "application/json",
+                "version": "3",
+            }
+        writer.write(b"GET /items/a%20b HTTP/1.1\r\nhost: t\r\n\r\n")  # a GET route, a %-encoded param
+        status, _, answer = await read_response(reader)
+        assert (status, json.loads(answer)) == (200, {"name": "a b"})
+        writer.close()
+        assert app.asgi_paths == []  # all four answered by the lane
+        assert app.edge.inflight == 0
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.release = asyncio.Event()
-        self.entered = asyncio.Event()
-        self.calls: list[str] = []  # what reached the app behind the edge
-        self.seen: list[str] = []  # what reached ASGI at all
-        self.metrics = Metrics()
-        self.edge = Edge(
-            self.inner,
-            owner=self,
-            max_body_bytes=1 << 20,
-            metrics=self.metrics,
-            access_log=AccessLog(LogSettings(access_stdout=False, access_file=tmp_path / "access.log")),
-            max_inflight=1,
+    serve(MiniApp(tmp_path), test)
+
+
+def test_pipelined_requests_are_answered_in_order(tmp_path: Path) -> None:
+    async def test(app: MiniApp, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            post("/echo", b'"first"') + post("/pass", b"{}") + post("/echo", b'"second"') + post("/no")
         )
+        answers = [await read_response(reader) for _ in range(4)]
+        assert [a[0] for a in answers] == [200, 200, 200, 404]
+        assert json.loads(answers[0][2])["body"] == '"first"'
+        assert json.loads(answers[1][2]) == {"path": "/pass", "size": 2}
+        assert json.loads(answers[2][2])["body"] == '"second"'
+        assert app.served == ["/echo", "/echo"]
+        assert app.asgi_paths == ["/pass", "/no"]
+        writer.close()
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            self.seen.append(scope["path"])
-            await self.edge(scope, receive, send)
-        elif scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-
-    async def inner(self, scope: Any, receive: Any, send: Any) -> None:
-        self.calls.append(scope["path"])
-        more = True
-        while more:
-            more = (await receive()).get("more_body", False)
-        if scope["path"] == "/slow":
-            self.entered.set()
-            await self.release.wait()
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"ok"})
+    app = serve(MiniApp(tmp_path), test)
+    assert [(x["url"], x["status"]) for x in app.log_lines()] == [
+        ("/echo", 200),
+        ("/pass", 200),
+        ("/echo", 200),
+        ("/no", 404),
+    ]
 
 
-def _serve(tmp_path: Path, test: Callable[[Holder, int], Awaitable[None]]) -> None:
-    async def main() -> None:
-        holder = Holder(tmp_path)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(holder, http=MlgateProtocol, log_level="warning", access_log=False)
-        server = uvicorn.Server(config)
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
-            await asyncio.sleep(0.01)
-        try:
-            await test(holder, port)
-        finally:
-            holder.release.set()
-            server.should_exit = True
-            await task
+def test_chunked_bodies_and_expect_100_continue(tmp_path: Path) -> None:
+    async def test(app: MiniApp, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        chunks = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        writer.write(b"POST /echo HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n" + chunks)
+        status, _, answer = await read_response(reader)
+        assert (status, json.loads(answer)["body"]) == (200, "hello world")
 
-    asyncio.run(main())
+        writer.write(b"POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n")
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"data")
+        status, _, answer = await read_response(reader)
+        assert (status, json.loads(answer)["body"]) == (200, "data")
+        writer.close()
+
+    serve(MiniApp(tmp_path), test)
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines if line)
-    body = await reader.readexactly(int(headers["content-length"]))
-    return int(status_line.split()[1]), headers, body
+def test_a_body_over_the_limit_is_answered_413_and_the_connection_closed(tmp_path: Path) -> None:
+    async def test(app: MiniApp, port: int) -> None:
+        for request in (
+            post("/echo", b"x" * (LIMIT + 1)),  # declared too large
+            b"POST /echo HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n"
+            + b"%x\r\n" % (LIMIT + 1)
+            + b"y" * (LIMIT + 1)
+            + b"\r\n0\r\n\r\n",  # found too large while reading
+            post("/pass", b"z" * (LIMIT + 1)),  # a route behind the edge: the same answer
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            status, headers, answer = await read_response(reader)
+            assert status == 413
+            assert headers["connection"] == "close"
+            assert json.loads(answer)["error"]["code"] == "payload_too_large"
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+        assert app.served == []
+        assert app.asgi_paths == []
+        assert app.edge.inflight == 0
+
+    app = serve(MiniApp(tmp_path), test)
+    assert [(x["url"], x["status"], x["reason"]) for x in app.log_lines()] == [
+        ("/echo", 413, "body_too_large"),
+        ("/echo", 413, "body_too_large"),
+        ("/pass", 413, "body_too_large"),
+    ]
 
 
-def _post(path: str, body: bytes = b'{"x": 1}', extra: str = "") -> bytes:
-    head = f"POST {path} HTTP/1.1\r\nhost: t\r\ncontent-length: {len(body)}\r\n{extra}\r\n"
-    return head.encode() + body
+def test_http_1_0_and_connection_close_are_honoured(tmp_path: Path) -> None:
+    async def test(app: MiniApp, port: int) -> None:
+        for request in (post("/echo", version="1.0"), post("/echo", extra="connection: close\r\n")):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            status, headers, _ = await read_response(reader)
+            assert (status, headers["connection"]) == (200, "close")
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+
+    serve(MiniApp(tmp_path), test)
 
 
-def test_at_capacity_a_request_is_refused_before_asgi_and_the_connection_stays_usable(
+def test_a_failing_endpoint_is_a_500_and_the_connection_stays_usable(tmp_path: Path) -> None:
+    async def test(app: MiniApp, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for path in ("/boom", "/fail"):  # an edge route, a route behind the edge
+            writer.write(post(path))
+            status, _, answer = await read_response(reader)
+            assert status == 500
+            assert json.loads(answer) == {"error": {"code": "internal", "message": "internal server error"}}
+            writer.write(post("/echo"))
+            assert (await read_response(reader))[0] == 200
+        writer.close()
+        assert app.edge.inflight == 0
+
+    serve(MiniApp(tmp_path), test)
+
+
+def test_the_access_log_has_the_forwarded_client_behind_a_trusted_proxy(tmp_path: Path) -> None:
+    async def test(app: MiniApp, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # 127.0.0.1: trusted by default
+        writer.write(post("/echo", extra="x-forwarded-for: 203.0.113.7, 127.0.0.1\r\n"))
+        await read_response(reader)
+        writer.write(post("/pass", extra="x-forwarded-for: 203.0.113.8\r\n"))
+        await read_response(reader)
+        writer.write(post("/echo"))
+        await read_response(reader)
+        writer.close()
+
+    app = serve(MiniApp(tmp_path), test)
+    assert [(x["url"], x["client"]) for x in app.log_lines()] == [
+        ("/echo", "203.0.113.7"),
+        ("/pass", "203.0.113.8"),
+        ("/echo", "127.0.0.1"),
+    ]
+
+    untrusted = serve(MiniApp(tmp_path / "u", forwarded_allow_ips=["10.0.0.1"]), test)
+    assert {x["client"] for x in untrusted.log_lines()} == {"127.0.0.1"}
+
+
+def test_a_client_gone_before_its_answer_cancels_its_work_frees_its_slot_and_logs_499(
     tmp_path: Path,
 ) -> None:
-    async def test(holder: Holder, port: int) -> None:
+    async def test(app: MiniApp, port: int) -> None:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post("/slow"))
+        await asyncio.wait_for(app.entered.wait(), 5)
+        writer.close()  # never released: only the disconnect can end the endpoint
+        await wait_for(lambda: app.edge.inflight == 0)
+        assert app.cancelled == ["/slow"]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post("/echo"))
+        assert (await read_response(reader))[0] == 200
+        writer.close()
+
+    app = serve(MiniApp(tmp_path), test)
+    lines = app.log_lines()
+    assert [(x["url"], x["status"], x.get("reason")) for x in lines] == [
+        ("/slow", 499, "client_closed"),
+        ("/echo", 200, None),
+    ]
+
+
+def test_graceful_shutdown_answers_a_request_in_the_lane_first(tmp_path: Path) -> None:
+    async def test(app: MiniApp, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post("/slow"))
+        await asyncio.wait_for(app.entered.wait(), 5)
+        assert app.uvicorn is not None
+        app.uvicorn.should_exit = True  # uvicorn waits for the lane's task
+        await asyncio.sleep(0.3)
+        app.release.set()
+        status, headers, answer = await read_response(reader)
+        assert (status, json.loads(answer)) == (200, {"slow": True})
+        assert headers["connection"] == "close"  # shutting down: no keep-alive
+        writer.close()
+
+    serve(MiniApp(tmp_path), test)
+
+
+# -- load shedding ----------------------------------------------------------------------------
+
+
+def test_at_capacity_a_request_is_refused_before_anything_and_the_connection_stays_usable(
+    tmp_path: Path,
+) -> None:
+    async def test(app: MiniApp, port: int) -> None:
         _, slow_w = await asyncio.open_connection("127.0.0.1", port)
-        slow_w.write(_post("/slow"))  # holds the one slot
-        await asyncio.wait_for(holder.entered.wait(), 5)
+        slow_w.write(post("/slow"))  # holds the one slot
+        await asyncio.wait_for(app.entered.wait(), 5)
+        assert app.edge.inflight == 1
 
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        assert holder.edge.inflight == 1  # counted once, from parse time (reserved), not twice
-        writer.write(_post("/predict", b"x" * 70_000))  # a body that spans several reads
-        status, headers, body = await _read_response(reader)
+        writer.write(post("/echo", b"x" * 700))
+        status, headers, body = await read_response(reader)
         assert status == 503
         assert headers["retry-after"] == "1"
         assert headers["content-type"] == "application/json"
         assert "date" in headers
         assert json.loads(body)["error"]["code"] == "overloaded"
-        assert holder.seen == ["/slow"]  # refused by the protocol: no ASGI call at all
 
-        writer.write(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")  # probes are never shed
-        status, _, body = await _read_response(reader)
-        assert (status, body) == (200, b"ok")
-
-        holder.release.set()  # the slot frees: the same connection is served again
-        await asyncio.sleep(0.05)
-        writer.write(_post("/predict"))
-        status, _, body = await _read_response(reader)
-        assert (status, body) == (200, b"ok")
-        assert holder.calls == ["/slow", "/healthz", "/predict"]
-        shed = holder.metrics.registry.get_sample_value(
-            "mlgate_http_requests_total", {"route": "(shed)", "method": "POST", "status": "503"}
-        )
-        assert shed == 1
-        assert holder.edge.inflight == 0  # every reserved slot was given back
+        writer.write(b"GET /items/probe HTTP/1.1\r\nhost: t\r\n\r\n")
+        assert (await read_response(reader))[0] == 503  # the edge's other routes too
+        app.release.set()  # the slot frees: the same connection is served again
+        await wait_for(lambda: app.edge.inflight == 0)
+        writer.write(post("/echo"))
+        status, _, body = await read_response(reader)
+        assert status == 200
+        assert app.served == ["/slow", "/echo"]
+        assert app.sample("mlgate_http_requests_total", route="(shed)", method="POST", status="503") == 1
         writer.close()
         slow_w.close()
 
-    _serve(tmp_path, test)
+    serve(MiniApp(tmp_path, max_inflight=1), test)
 
 
 def test_a_refused_request_that_asks_to_close_gets_its_connection_closed(tmp_path: Path) -> None:
-    async def test(holder: Holder, port: int) -> None:
+    async def test(app: MiniApp, port: int) -> None:
         _, slow_w = await asyncio.open_connection("127.0.0.1", port)
-        slow_w.write(_post("/slow"))
-        await asyncio.wait_for(holder.entered.wait(), 5)
-        for ask in ("connection: close\r\n", ""):
+        slow_w.write(post("/slow"))
+        await asyncio.wait_for(app.entered.wait(), 5)
+        for request in (
+            post("/echo", extra="connection: close\r\n"),
+            post("/echo", version="1.0"),
+            b"POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n",
+        ):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            request = _post("/predict", extra=ask)
-            if not ask:  # HTTP/1.0 without keep-alive
-                request = request.replace(b"HTTP/1.1", b"HTTP/1.0")
             writer.write(request)
-            status, headers, _ = await _read_response(reader)
+            status, headers, _ = await read_response(reader)
             assert status == 503
             assert headers["connection"] == "close"
             assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
             writer.close()
         slow_w.close()
 
-    _serve(tmp_path, test)
+    serve(MiniApp(tmp_path, max_inflight=1), test)
+
+
+# -- streaming bodies ---------------------------------------------------------------------------
+
+
+def test_a_streaming_route_gets_its_body_as_it_arrives(tmp_path: Path) -> None:
+    async def test(app: MiniApp, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /upload HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n")
+        await wait_for(lambda: app.asgi_paths == ["/upload"])  # dispatched before its body
+        for _ in range(3):
+            writer.write(b"100\r\n" + b"u" * 256 + b"\r\n")
+            await asyncio.sleep(0.01)
+        writer.write(b"0\r\n\r\n")
+        status, _, answer = await read_response(reader)
+        assert (status, json.loads(answer)) == (200, {"path": "/upload", "size": 768})
+        writer.write(post("/echo"))
+        assert (await read_response(reader))[0] == 200  # kept alive
+        writer.close()
+
+    serve(MiniApp(tmp_path), test)

@@ -1,0 +1,214 @@
+"""The components one server process holds, built from one :class:`~mlgate.settings.Settings`.
+
+:class:`Server` is the set of components (registry, store, cache, dataplane, access stores,
+gate, usage, telemetry, workflows) and their start and stop. It knows nothing of HTTP:
+``mlgate serve`` builds it under uvicorn (:mod:`mlgate.http.app`), and the same object can be
+built inside an AWS Lambda handler or a Ray Serve replica. Importing this module imports no
+web framework (a test keeps it so).
+
+Example::
+
+    server = Server.create(load_settings())
+    await server.start()            # migrations, bootstrap, models loaded, usage flushing
+    prediction = await server.dataplane.predict("temperatura", {"temperaturas": [...]})
+    await server.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from mlgate.access.gate import Gate
+from mlgate.access.keys import KeyStore
+from mlgate.access.limiter import LimiterStorage, open_limiter_storage
+from mlgate.access.plans import PlanStore, ensure_reference_plan
+from mlgate.access.tokens import TokenIssuer, check_secret, load_or_create_secret
+from mlgate.access.usage import UsageRecorder
+from mlgate.access.users import UserStore
+from mlgate.cache import ArtifactCache
+from mlgate.dataplane import DataPlane
+from mlgate.registration import Registrar
+from mlgate.repository import Repository
+from mlgate.services import discover_services
+from mlgate.settings import Settings
+from mlgate.store import ArtifactStore, open_store
+from mlgate.telemetry.access_log import AccessLog
+from mlgate.telemetry.metrics import Metrics
+from mlgate.types import Service
+
+if TYPE_CHECKING:
+    from mlgate.workflows.service import WorkflowService
+
+__all__ = ["Server", "bootstrap_once"]
+
+log = logging.getLogger("mlgate")
+
+
+@dataclass
+class Server:
+    """Everything one server process holds; HTTP routes reach it as ``exchange.server``."""
+
+    settings: Settings
+    repository: Repository
+    store: ArtifactStore
+    cache: ArtifactCache
+    metrics: Metrics
+    access_log: AccessLog
+    dataplane: DataPlane
+    registrar: Registrar
+    keys: KeyStore
+    users: UserStore
+    plans: PlanStore
+    limiter: LimiterStorage
+    usage: UsageRecorder
+    gate: Gate
+    services: list[Service] = field(default_factory=list)
+    #: built by :meth:`build_workflows` (``mlgate serve``: right after startup, in a thread)
+    workflows: WorkflowService | None = None
+    #: set on SIGTERM: readiness answers 503 while requests finish
+    draining: bool = False
+    _usage_task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @classmethod
+    def create(cls, settings: Settings) -> Server:
+        """Build from settings alone: fresh metrics and access log, the enabled services."""
+        return cls.build(
+            settings,
+            metrics=Metrics(),
+            access_log=AccessLog(settings.log),
+            services=discover_services(settings.services),
+        )
+
+    @classmethod
+    def build(
+        cls, settings: Settings, *, metrics: Metrics, access_log: AccessLog, services: list[Service]
+    ) -> Server:
+        """Open every component (blocking: the database, the store; run it in a thread)."""
+        assert settings.database_url is not None and settings.store_url is not None
+        assert settings.cache_dir is not None
+        repository = Repository.open(settings.database_url)
+        store = open_store(settings.store_url, s3=settings.s3)
+        cache = ArtifactCache(settings.cache_dir, store=store, s3=settings.s3)
+        processors = {name: p for s in services for name, p in s.processors.items()}
+        keys = KeyStore(repository.engine)
+        users = UserStore(repository.engine)
+        plans = PlanStore(repository.engine, default_plan=settings.limiter.default_plan)
+        limiter = open_limiter_storage(
+            settings.limiter.url,
+            engine=repository.engine,
+            redis_down=settings.limiter.redis_down,
+            data_dir=settings.data_dir,
+        )
+        usage = UsageRecorder(repository.engine, flush_interval=settings.limiter.usage_flush_s)
+        gate = Gate(
+            settings=settings.auth,
+            keys=keys,
+            plans=plans,
+            limiter=limiter,
+            usage=usage,
+            users=users,
+            tokens=TokenIssuer(_jwt_secret(settings), minutes=settings.auth.token_minutes),
+        )
+        dataplane = DataPlane(
+            settings=settings, repository=repository, cache=cache, metrics=metrics, processors=processors
+        )
+        return cls(
+            settings=settings,
+            repository=repository,
+            store=store,
+            cache=cache,
+            metrics=metrics,
+            access_log=access_log,
+            dataplane=dataplane,
+            registrar=Registrar(repository=repository, store=store, settings=settings),
+            keys=keys,
+            users=users,
+            plans=plans,
+            limiter=limiter,
+            usage=usage,
+            gate=gate,
+            services=services,
+        )
+
+    def bootstrap(self) -> None:
+        """Admin key, reference plan, bundled and URI-declared models (idempotent; every start)."""
+        created = self.keys.ensure_admin(configured=self.settings.admin_key)
+        if created is not None and self.settings.admin_key is None:
+            print(
+                "\n  mlgate: bootstrap admin key created. It is shown ONCE and stored only as a hash:\n"
+                f"    {created.secret}\n"
+                "  Send it as the x-api-key header on admin routes.\n",
+                file=sys.stderr,
+                flush=True,
+            )
+        ensure_reference_plan(self.plans)  # rate 10, burst 10, 1,000 a month: the reference deployment
+        for service in self.services:
+            for bundled in service.models:
+                self.registrar.register_bundled(bundled)
+        for name, uri in self.settings.declared_uris.items():
+            self.registrar.register_uri(name, uri)
+
+    async def start(self) -> None:
+        """Access log, bootstrap, usage flushing, models loaded: ready to serve."""
+        self.access_log.start()
+        await asyncio.to_thread(self.bootstrap)
+        self._usage_task = asyncio.get_running_loop().create_task(self.usage.run(), name="mlgate-usage")
+        await self.dataplane.start()
+
+    async def stop(self) -> None:
+        """Workflows, models, usage (flushed), limiter, access log (flushed), database: in that order."""
+        self.dataplane.ready = False
+        if self.workflows is not None:
+            await self.workflows.stop()  # waits briefly, then aborts running executions
+        await self.dataplane.stop()
+        if self._usage_task is not None:
+            self._usage_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._usage_task
+        await asyncio.to_thread(self.usage.close)
+        await self.limiter.close()
+        self.access_log.stop()
+        self.repository.close()
+
+    def build_workflows(self) -> WorkflowService:
+        """The workflow service over this server's dataplane and store, with services' workflows
+        deployed where absent (idempotent; blocking: run it in a thread)."""
+        if self.workflows is None:
+            from mlgate.workflows.service import create_workflow_service
+
+            workflows = create_workflow_service(
+                engine=self.repository.engine,
+                store=self.store,
+                s3=self.settings.s3,
+                dataplane=self.dataplane,
+                metrics=self.metrics,
+                services=self.services,
+            )
+            workflows.deploy_bundled([w for s in self.services for w in s.workflows])
+            self.workflows = workflows
+        return self.workflows
+
+
+def _jwt_secret(settings: Settings) -> str:
+    """The configured secret, or one generated once into the data directory; weak ones refused."""
+    if settings.auth.jwt_secret is not None:
+        secret = settings.auth.jwt_secret.get_secret_value()
+    else:
+        secret = load_or_create_secret(settings.data_dir / "jwt.secret")
+    check_secret(secret, dev_mode=settings.dev_mode)
+    return secret
+
+
+def bootstrap_once(settings: Settings) -> None:
+    """Run startup registration in the parent before forking workers, so they don't race it."""
+    server = Server.create(settings)
+    try:
+        server.bootstrap()
+        server.build_workflows()  # bundled workflows deployed once, before the workers start
+    finally:
+        server.repository.close()
