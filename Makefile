@@ -24,12 +24,22 @@ serve: $(SERVE_VENV)/.installed
 	$(SERVE_VENV)/bin/mlgate serve
 
 ## Lint, type-check, check the import layers, run the whole test suite.
-test: $(TEST_VENV)/.installed
+test: lint typecheck
+	$(TEST_VENV)/bin/pytest -q
+
+## Style and formatting (ruff).
+lint: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/ruff check src tests
 	$(TEST_VENV)/bin/ruff format --check src tests
+
+## Types (mypy, strict) and the import-layer contracts (import-linter).
+typecheck: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/mypy
 	$(TEST_VENV)/bin/lint-imports
-	$(TEST_VENV)/bin/pytest -q
+
+## The fast inner loop: the unit tests without the ones marked slow (well under a minute).
+unit: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/pytest tests/unit -q -m "not slow" -p no:cacheprovider
 
 ## Benchmark suite (not part of `make test`/CI): floors, mlgate and the peers, ~20 min; writes
 ## docs/benchmarks.md. Peers get their own venvs under bench/.envs/ on first run (never project

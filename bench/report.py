@@ -138,7 +138,7 @@ def render(res: dict[str, Any]) -> str:
     add("")
     add("| target | measured | verdict |")
     add("|---|---|---|")
-    peers = [k for k in systems if not k.startswith(("floor", "mlgate", "baseline"))]
+    peers = [k for k in systems if not k.startswith(("floor", "mlgate", "baseline", "nolane"))]
     avail_peers = [k for k in peers if w[k].unavailable is None]
     best_peer = max(avail_peers, key=lambda k: w[k].point(64, "rps") or 0, default=None)
     mg2, mg1, fl2, fl1 = (w.get(k) for k in ("mlgate-2w", "mlgate-1w", "floor-2w", "floor-1w"))
@@ -152,6 +152,23 @@ def render(res: dict[str, Any]) -> str:
         add(
             f"| W1 c=64 ≥ 2× the best peer | mlgate 2 workers {_fmt(mg2.point(64, 'rps'))} req/s vs {best_peer} "
             f"{_fmt(bp.point(64, 'rps'))} = {_x(ratio)} | {verdict(ratio is not None and ratio >= 2)} |"
+        )
+    if mg2 and "baseline-2w" in w:
+        ratio = _ratio_rounds(rounds, "mlgate-2w", "baseline-2w", 64)
+        one = _ratio_rounds(rounds, "mlgate-1w", "baseline-1w", 64) if "baseline-1w" in w else None
+        add(
+            f"| W1 c=64, 2 workers ≥ 0.95× the tree before (`BENCH_BASELINE`, same run) | "
+            f"{_fmt(mg2.point(64, 'rps'))} vs {_fmt(w['baseline-2w'].point(64, 'rps'))} req/s = {_x(ratio)} "
+            f"(1 worker: {_x(one)}) | {verdict(ratio is not None and ratio >= 0.95)} |"
+        )
+    if mg2 and "nolane-2w" in w:
+        lane2 = _ratio_rounds(rounds, "mlgate-2w", "nolane-2w", 64)
+        lane1 = _ratio_rounds(rounds, "mlgate-1w", "nolane-1w", 64) if "nolane-1w" in w else None
+        keep = lane2 is not None and lane2 >= 1.15
+        add(
+            f"| the predict lane earns its keep: ≥ 1.15× W1 c=64 with it on vs off | 2 workers {_x(lane2)} "
+            f"({_fmt(mg2.point(64, 'rps'))} vs {_fmt(w['nolane-2w'].point(64, 'rps'))} req/s), 1 worker "
+            f"{_x(lane1)} | {'kept' if keep else '**delete it**'} |"
         )
     if mg2:
         cpu = mg2.point(64, "server_cpu_us_per_req")

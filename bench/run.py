@@ -244,6 +244,20 @@ def w1_specs(expected: float, w1: dict[str, Any], peers: list[str], logs: Path) 
             workers=2,
         ),
     ]
+    for workers in (1, 2):  # the predict lane off: every request through the ASGI driver
+        specs.append(
+            ServerSpec(
+                f"nolane-{workers}w",
+                f"mlgate, predict lane off, {workers} worker(s)",
+                lambda p, w=workers: [MLGATE, "serve", "--port", str(p), "--workers", str(w)],
+                "/prod",
+                W1_BODY,
+                check,
+                headers=key,
+                env={**w1["env"], "MLGATE_HTTP__LANE": "false"},
+                workers=workers,
+            )
+        )
     for peer in peers:
         spec = peer_spec(peer, check, logs)
         specs.append(spec)
@@ -254,7 +268,7 @@ def w1_specs(expected: float, w1: dict[str, Any], peers: list[str], logs: Path) 
             specs.append(
                 ServerSpec(
                     f"baseline-{workers}w",
-                    f"mlgate before the hot-path changes, {workers} worker(s)",
+                    f"mlgate at BENCH_BASELINE (an older tree), {workers} worker(s)",
                     lambda p, w=workers: [baseline, "serve", "--port", str(p), "--workers", str(w)],
                     "/prod",
                     W1_BODY,

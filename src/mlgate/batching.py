@@ -56,7 +56,7 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._mean_batch_s = 0.0
         # Timeouts: (deadline, future, timeout) in submission order, and one timer for the head.
-        # A timer per request (call_later + cancel) cost ~3 µs of every W1 request; with one
+        # Not a timer per request (call_later + cancel, measured in docs/benchmarks.md): with one
         # timeout per model, deadlines arrive in order and one timer serves them all.
         self._deadlines: deque[tuple[float, asyncio.Future[Any], float]] = deque()
         self._timer: asyncio.TimerHandle | None = None

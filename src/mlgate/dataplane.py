@@ -12,7 +12,7 @@ import asyncio
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -48,7 +48,6 @@ class LoadedModel:
     load_seconds: float
     timeout_s: float
     processor: Processor | None = None
-    loaded_at: float = field(default_factory=time.time)
 
 
 class DataPlane:
@@ -79,7 +78,6 @@ class DataPlane:
         # (name, ref) -> (monotonic expiry, LoadedModel): resolve + ensure_loaded in one lookup,
         # valid exactly as long as the alias resolution it came from.
         self._serving: dict[tuple[str, str | int | None], tuple[float, LoadedModel]] = {}
-        self._generation = -1
         self.ready = False
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -83,7 +83,7 @@ class Gate:
         self.users = users
         self.tokens = tokens
         # Quota windows by (period, offset): a window holds until it ends, so computing its
-        # calendar bounds per request (~15 µs of datetime arithmetic) is needed once per period.
+        # calendar bounds (datetime arithmetic) is needed once per period, not per request.
         self._windows: dict[tuple[str, int], tuple[float, float]] = {}
         # What admitting a key on a scope needs, by (key id, scope): see _admit_key.
         self._passes: dict[tuple[str, str], _Pass] = {}

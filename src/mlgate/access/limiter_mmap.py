@@ -1,8 +1,8 @@
 """Limiter state in a memory-mapped file: shared by every server process on this machine, exact.
 
 ``mlgate serve --workers N`` needs one bucket and one quota counter per key across its N
-processes. In the database each take is a transaction and a thread hop (~100 µs of a W1
-request even group-committed); in Redis a network round trip. Here a take is a few
+processes. In the database each take is a transaction and a thread hop (even group-committed;
+measured in docs/benchmarks.md); in Redis a network round trip. Here a take is a few
 ``struct`` reads and writes in a file that every process maps into memory, under a lock:
 about as cheap as the per-process dict of :mod:`mlgate.access.limiter_memory`, and exact
 across processes, because the whole read-modify-write holds
@@ -94,7 +94,7 @@ _MAX_CAPACITY = 1 << 26  # 3 GiB of slots: far past any real number of keys
 _USED_OFFSET = 16  # the header's "used" and "live" fields (two uint32)
 _COUNTS = struct.Struct("<II")
 _MOVED_OFFSET = 24
-#: Digests of recently used keys (BLAKE2b per call cost ~0.5 µs); cleared when this large.
+#: Digests of recently used keys (not one BLAKE2b per call); cleared when this large.
 _DIGEST_CACHE_MAX = 65_536
 
 

@@ -43,7 +43,7 @@ TOKEN_EPSILON = 1e-9
 
 
 # Results, not values to hash or mutate; not frozen because a frozen dataclass's __init__ costs
-# ~0.6 µs more, and one of each is made per metered request.
+# more, and one of each is made per metered request.
 @dataclass(slots=True)
 class Decision:
     """The outcome of one token-bucket take."""

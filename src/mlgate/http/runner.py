@@ -10,6 +10,7 @@ with a loud warning, and refuses to start when it is not.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import resource
 from typing import Any
@@ -148,4 +149,8 @@ def _run_workers(workers: int, chosen: dict[str, Any]) -> None:
             super().terminate_all()
 
     config = uvicorn.Config("mlgate.http.app:create_app_from_env", factory=True, workers=workers, **chosen)
-    Supervisor(config, sockets=[config.bind_socket()]).run()
+    sockets = [config.bind_socket()]
+    if "target" in inspect.signature(Multiprocess.__init__).parameters:  # uvicorn < 0.36
+        Supervisor(config, target=uvicorn.Server(config).run, sockets=sockets).run()  # type: ignore[call-arg]
+    else:
+        Supervisor(config, sockets=sockets).run()

@@ -24,11 +24,11 @@ __all__ = ["ServingRoute", "ServingRoutes", "WireEndpoint", "compile_path"]
 class ServingRoutes:
     """The edge's own routes, matched before FastAPI (:class:`mlgate.http.edge.Edge`).
 
-    FastAPI's stack costs ~100 µs per request before an endpoint runs (its telemetry switch
-    reads the environment, four middlewares, matching every router, dependency solving, an
-    exit stack); Starlette's request and response objects ~20 µs more. The predict routes are
-    registered here and served from raw parts, with errors rendered as the app's handlers
-    render them (:func:`mlgate.http.errors.wire_error`).
+    FastAPI's stack costs a request more than the rest of the edge together before an endpoint
+    runs (its telemetry switch reads the environment, middlewares, matching every router,
+    dependency solving, an exit stack; Starlette's request and response objects on top:
+    docs/benchmarks.md). The edge's routes are registered here and served from raw parts, with
+    errors rendered as the app's handlers render them (:func:`mlgate.http.errors.wire_error`).
     """
 
     def __init__(self) -> None:

@@ -2,8 +2,8 @@
 
 Every served request updates four series (HTTP requests and latency, model invocations and
 latency). prometheus_client's ``Counter.inc`` and ``Histogram.observe`` check observability,
-take a lock per value and walk the buckets in Python: ~0.6 and ~1.1 µs here, ~4 µs of a W1
-request together. These families keep a child's state in two slots under one lock and find the
+take a lock per value and walk the buckets in Python (what that cost per W1 request is in
+docs/benchmarks.md). These families keep a child's state in two slots under one lock and find the
 bucket with :func:`bisect.bisect_left` (C), and render the same exposition through the
 registry's custom-collector interface (same names, ``_total``/``_bucket``/``_count``/``_sum``
 samples, ``le`` labels as prometheus_client writes them), so scrapes and dashboards cannot tell

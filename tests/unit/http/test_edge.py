@@ -20,6 +20,7 @@ Call = Callable[[httpx.AsyncClient], Awaitable[None]]
 
 def run(tmp_path: Path, body: Call, **overrides: object) -> None:
     overrides.setdefault("auth", {"model_routes": "public"})  # these tests are about the edge, not auth
+    overrides.setdefault("services", ["temperatura"])  # one small service: these are about the edge
     settings = Settings(data_dir=tmp_path, admin_key=ADMIN, log={"access_stdout": False}, **overrides)  # type: ignore[arg-type]
     app = create_app(settings)
 

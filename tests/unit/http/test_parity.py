@@ -32,6 +32,8 @@ from mlgate.settings import Settings
 from tests.security.conftest import SLEEPY_MODEL
 from tests.unit.http.harness import read_response
 
+pytestmark = pytest.mark.slow  # three servers with the real application: ~10 s (not in make unit)
+
 ADMIN = "mlg_parityad_" + "p" * 40
 SEED = [round(20 + (i % 24) / 4, 2) for i in range(60)]
 PROD = json.dumps({"temperaturas": SEED}).encode()
