@@ -126,10 +126,8 @@ class Edge(Lifecycle):
         query: bytes,
         headers: list[tuple[bytes, bytes]],
         known: KnownHeaders,
-        *,
         client: str | None,
         routed: bool = True,
-        started: float | None = None,
         factory: type[Exchange] = Exchange,
     ) -> Exchange:
         """An exchange for a request whose head has been parsed, with its route decided: the
@@ -142,11 +140,10 @@ class Edge(Lifecycle):
             query,
             headers,
             request_id_for(known),
-            content_type=known.content_type,
-            api_key=known.api_key,
-            authorization=known.authorization,
-            client=client,
-            started=started,
+            known.content_type,
+            known.api_key,
+            known.authorization,
+            client,
         )
         served = self.match(method, path, known) if routed else None
         if served is not None:
@@ -164,11 +161,13 @@ class Edge(Lifecycle):
             except Exception as exc:
                 response = wire_error(exc, method=x.method, path=x.path)
             x.answer_headers(response.headers)
-            try:
-                await x.settle(response.status)
-            except Exception as exc:  # usage could not be made durable: that answer is not given
-                response = wire_error(exc, method=x.method, path=x.path)
-                x.answer_headers(response.headers)
+            # Exchange.settle, inline: no coroutine per request when usage need not be durable first.
+            if x.record_usage(response.status) and self.usage_sync:
+                try:
+                    await x.server.usage.wait_flushed()
+                except Exception as exc:  # usage could not be made durable: that answer is not given
+                    response = wire_error(exc, method=x.method, path=x.path)
+                    x.answer_headers(response.headers)
         except asyncio.CancelledError:
             x.close(CLIENT_CLOSED, "client_closed")
             raise

@@ -181,36 +181,30 @@ class Exchange:
         query: bytes,
         headers: list[tuple[bytes, bytes]],
         request_id: str,
-        *,
         content_type: str = "",
         api_key: str | None = None,
         authorization: str | None = None,
         client: str | None = None,
-        label: str = UNMATCHED,
-        started: float | None = None,
     ) -> None:
+        # Positional parameters only (one of these is built per request: keywords cost more).
         self.lifecycle = lifecycle
         self.server = lifecycle.server  # type: ignore[assignment]  # None only before startup
         self.method = method
         self.path = path
         self.query = query
         self.headers = headers
-        self.body = b""
-        self.params = {}
+        self.request_id = request_id
         self.content_type = content_type
         self.api_key = api_key
         self.authorization = authorization
-        self.request_id = request_id
         self.client = client
-        self.route = None
-        self.label = label
-        self.gone = False
-        self.model = self.version = self.key_id = None
-        self.admission = None
+        self.body = b""
+        self.params = {}
+        self.route = self.model = self.version = self.key_id = self.admission = self.reason = None
+        self.label = UNMATCHED
+        self.gone = self._slot = self._usage_done = False
         self.status = 0
-        self.reason = None
-        self.started = time.perf_counter() if started is None else started
-        self._slot = self._usage_done = False
+        self.started = time.perf_counter()
 
     # -- what endpoints read -------------------------------------------------------------
 
@@ -252,8 +246,9 @@ class Exchange:
 
     async def settle(self, status: int) -> None:
         """Before an answer goes out: record its usage and, with ``usage_sync``, wait until it
-        is durable, so that a crash never loses a call the client saw answered."""
-        if self._record_usage(status) and self.lifecycle.usage_sync:
+        is durable, so that a crash never loses a call the client saw answered. (The edge's own
+        routes do the same inline: :meth:`mlgate.http.edge.Edge.serve`.)"""
+        if self.record_usage(status) and self.lifecycle.usage_sync:
             await self.server.usage.wait_flushed()
 
     def close(self, status: int, reason: str | None = None) -> None:
@@ -268,12 +263,13 @@ class Exchange:
         if self._slot:
             self._slot = False
             lifecycle.inflight -= 1
-        self._record_usage(status)
+        self.record_usage(status)
         lifecycle.observe(self, elapsed)
 
-    def _record_usage(self, status: int) -> bool:
-        """Usage of an admitted request, once: ok below 400, else an error (a client gone
-        after admission too: its token and quota stay taken)."""
+    def record_usage(self, status: int) -> bool:
+        """Usage of an admitted request, once (True if this call recorded it): ok below 400, else
+        an error (a client gone after admission too: its token and quota stay taken). Called by
+        :meth:`settle` before the answer and by :meth:`close` for a request that got none."""
         if self._usage_done:
             return False
         self._usage_done = True

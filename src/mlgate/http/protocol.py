@@ -38,7 +38,7 @@ import contextvars
 import logging
 import urllib.parse
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 import httptools
 
@@ -67,6 +67,7 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_HEADERS = scan_headers([])
 #: how long a connection closed after an unread body keeps discarding what the client still sends
 _LINGER_S = 2.0
+_REFUSED_LINGER_S = 0.2
 
 
 class _Stop(Exception):
@@ -170,6 +171,8 @@ class HttpProtocol(asyncio.Protocol):
         # The timer fires at least this often, so a phase with a shorter limit than the one it
         # was armed for is noticed in time (a timer per phase change would cost every request).
         self._tick = min(self.limits.header_timeout_s, self.limits.body_timeout_s, self.limits.keep_alive_s)
+        self._max_headers = self.limits.max_headers
+        self._max_header_bytes = self.limits.max_header_bytes
 
     # -- connection -------------------------------------------------------------------------
 
@@ -208,8 +211,11 @@ class HttpProtocol(asyncio.Protocol):
             if active.cycle is not None:
                 active.cycle.disconnected()
             if active.task is not None and active.route is not None:
-                # An edge route's work is for nobody now: it leaves the model's queue.
+                # An edge route's work is for nobody now: it leaves the model's queue. (A task
+                # cancelled before it ever ran closes nothing itself: closed here, idempotently.)
                 active.task.cancel()
+                if active.lane:
+                    active.close(CLIENT_CLOSED, "client_closed")
         for x in self._queue:
             x.close(CLIENT_CLOSED, "client_closed")
         self._queue.clear()
@@ -243,7 +249,7 @@ class HttpProtocol(asyncio.Protocol):
         """uvicorn's graceful shutdown: no new request; the one in progress is answered first."""
         self._closing = True
         if self._active is None and not self._queue and self._current is None:
-            self.transport.close()
+            self._close()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -251,6 +257,7 @@ class HttpProtocol(asyncio.Protocol):
         if self._ignore:
             return
         in_body = self._current is not None or self._skipping
+        in_head = self._parsing_head
         completed = self._completed
         try:
             self.parser.feed_data(data)
@@ -270,12 +277,21 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._refuse(BadRequest(f"invalid HTTP request: {exc}"), "bad_request")
             return
-        if self._parsing_head and not in_body and self._completed == completed:
-            # All of this read is the current head (httptools buffers a header line it has not
-            # seen the end of, which the callbacks' count cannot see).
-            self._head_raw += len(data)
-            if self._head_raw > self.limits.max_header_bytes:
-                self._refuse(HeadersTooLarge("request headers too large"), "header_too_large")
+        # The phases' clocks, read once per read and only when a message is left half-read (the
+        # usual request arrives whole in one read, and costs no clock reading here).
+        if self._parsing_head:
+            if not in_head or self._completed != completed:
+                self._since = self.loop.time()  # a head began in this read: its timeout starts
+            elif not in_body:
+                # All of this read is the current head (httptools buffers a header line it has
+                # not seen the end of, which the callbacks' count cannot see).
+                self._head_raw += len(data)
+                if self._head_raw > self._max_header_bytes:
+                    self._refuse(HeadersTooLarge("request headers too large"), "header_too_large")
+        elif self._skipping or (
+            self._current is not None and (self._active is None or self._current is self._active)
+        ):
+            self._since = self.loop.time()  # a body arrives: inactivity counts from this read
 
     def on_message_begin(self) -> None:
         if self._ignore:
@@ -285,22 +301,19 @@ class HttpProtocol(asyncio.Protocol):
         self._header_count = self._head_size = self._head_raw = 0
         self._expect = False
         self._parsing_head = True
-        if self._active is None:
-            self._since = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_size += len(url)
-        if self._head_size > self.limits.max_header_bytes:
+        if self._head_size > self._max_header_bytes:
             raise _Refused(HeadersTooLarge("request line too long"), "header_too_large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
         self._head_size += len(name) + len(value) + 4
-        limits = self.limits
-        if self._header_count > limits.max_headers:
-            raise _Refused(HeadersTooLarge(f"more than {limits.max_headers} headers"), "too_many_headers")
-        if self._head_size > limits.max_header_bytes:
+        if self._header_count > self._max_headers:
+            raise _Refused(HeadersTooLarge(f"more than {self._max_headers} headers"), "too_many_headers")
+        if self._head_size > self._max_header_bytes:
             raise _Refused(HeadersTooLarge("request headers too large"), "header_too_large")
         name = name.lower()
         value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace, which is not the value's
@@ -312,11 +325,11 @@ class HttpProtocol(asyncio.Protocol):
         self._parsing_head = False
         parser = self.parser
         method = parser.get_method().decode("ascii")
-        parsed = httptools.parse_url(self._url)
-        raw_path: bytes = parsed.path
         try:
+            parsed = httptools.parse_url(self._url)  # "*", "host:port" (CONNECT): not a path
+            raw_path: bytes = parsed.path
             path = raw_path.decode("ascii")
-        except UnicodeDecodeError:
+        except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
             raise _Refused(BadRequest("invalid request target"), "bad_request") from None
         if "%" in path:
             path = urllib.parse.unquote(path)
@@ -334,26 +347,20 @@ class HttpProtocol(asyncio.Protocol):
             self.server_state.total_requests += 1
             if keep_alive:
                 self._skipping = True
-                self._since = self.loop.time()
             else:
                 self._close(lingering=True)
             return
         headers = self._headers
         known = scan_headers(headers)
         client = self._client(headers) if known.forwarded else self.peer
-        x = edge.open(
-            method,
-            path,
-            parsed.query or b"",
-            headers,
-            known,
-            client=client,
-            routed=not self.bound.root_path,
-            factory=Request,
+        x = cast(
+            Request,
+            edge.open(
+                method, path, parsed.query or b"", headers, known, client, not self.bound.root_path, Request
+            ),
         )
-        assert isinstance(x, Request)
         limit = edge.limit_for(path)
-        x.prepare(limit=limit, keep_alive=keep_alive, version=version, raw_path=raw_path)
+        x.prepare(limit, keep_alive, version, raw_path)
         x.expect = self._expect
         x.lane = self.bound.lane and x.route is not None
         x.streaming = x.route is None and edge.streams(method, path)
@@ -368,7 +375,6 @@ class HttpProtocol(asyncio.Protocol):
             elif x.expect:
                 x.expect = False
                 self.write(_CONTINUE)
-        self._since = self.loop.time()
 
     def on_body(self, body: bytes) -> None:
         x = self._current
@@ -381,8 +387,6 @@ class HttpProtocol(asyncio.Protocol):
             raise _Refused(PayloadTooLarge(f"request body exceeds {x.limit} bytes"), "body_too_large")
         else:
             x.chunks.append(body)
-        if self._active is None or x is self._active:
-            self._since = self.loop.time()
 
     def on_message_complete(self) -> None:
         self._completed += 1
@@ -420,7 +424,7 @@ class HttpProtocol(asyncio.Protocol):
             edge.shed(x.method, x.path, x.query, x.client)
             keep_alive = x.keep_alive and x.complete and not self._closing
             self.write(edge.shed_response(self.server_state.default_headers, keep_alive))
-            x.status = 503  # answered: never logged (see mlgate.http.edge on shedding)
+            x.status = 503  # answered and logged by Edge.shed: no exchange lifecycle for a shed request
             x.keep_alive = keep_alive
             self.done(x)
             return
@@ -439,7 +443,8 @@ class HttpProtocol(asyncio.Protocol):
         tasks = self.server_state.tasks
         tasks.add(task)
         task.add_done_callback(tasks.discard)
-        task.add_done_callback(x.settled)
+        if not x.lane:  # the lane's task closes its exchange itself (or connection_lost does)
+            task.add_done_callback(x.settled)
 
     async def _serve(self, x: Request) -> None:
         """The predict lane: an edge route served straight from the parsed request."""
@@ -552,19 +557,12 @@ class HttpProtocol(asyncio.Protocol):
                 method = "-"
         path, _, query = self._url[:256].partition(b"?")
         x = self.edge.open(
-            method,
-            path.decode("latin-1") or "-",
-            query,
-            [],
-            _NO_HEADERS,
-            client=self.peer,
-            routed=False,
-            factory=Request,
+            method, path.decode("latin-1") or "-", query, [], _NO_HEADERS, self.peer, False, Request
         )
         assert isinstance(x, Request)
         if self._header_count:  # the request line is complete: its route can be told
             x.label = self.edge.label(method, x.path)
-        x.prepare(limit=0, keep_alive=False, version="1.1", raw_path=b"")
+        x.prepare(0, False, "1.1", b"")
         return x
 
     def _answer_refusal(self, x: Request) -> None:
@@ -576,14 +574,18 @@ class HttpProtocol(asyncio.Protocol):
     def _refuse_connection(self) -> None:
         """Over ``max_connections``: a 503 at once, then closed (the request is not read)."""
         self._ignore = True
-        x = self.edge.open("-", "-", b"", [], _NO_HEADERS, client=self.peer, routed=False)
+        x = self.edge.open("-", "-", b"", [], _NO_HEADERS, self.peer, False)
         x.label = "(connection)"
         error = Overloaded("too many open connections; retry shortly", retry_after=1.0)
         response = self.edge.refusal(x, error, "too_many_connections")
         self.write(encode_http11(response, default_headers=_default_header_bytes(self), keep_alive=False))
-        self._close(lingering=True, reason="too_many_connections")
+        # A short linger: long enough for a request already sent to be read (not reset), short
+        # enough that a flood of refused connections holds few file descriptors.
+        self._close(lingering=True, reason="too_many_connections", linger=_REFUSED_LINGER_S)
 
-    def _close(self, *, lingering: bool = False, reason: str | None = None) -> None:
+    def _close(
+        self, *, lingering: bool = False, reason: str | None = None, linger: float = _LINGER_S
+    ) -> None:
         """Close, or — when the client may still be sending (an unread body) — shut the write
         side and discard what arrives for a moment, so the answer is read instead of reset.
         ``reason``: why the server closes on its own (counted), None for an answered close."""
@@ -597,13 +599,13 @@ class HttpProtocol(asyncio.Protocol):
         if lingering and transport.can_write_eof():
             transport.write_eof()
             self.resume_reading()
-            self.loop.call_later(_LINGER_S, transport.close)
+            self.loop.call_later(linger, transport.close)
         else:
             transport.close()
 
     def write(self, data: bytes) -> None:
         """Write to the client, unless the connection is gone or our side shut."""
-        if not self._eof and not self.transport.is_closing():
+        if not (self._eof or self._lost):
             self.transport.write(data)
 
     @property

@@ -59,7 +59,8 @@ class Request(Exchange):
     task: asyncio.Task[None] | None
     cycle: BodySink | None  # the ASGI cycle (mlgate.http.cycle) of a request passed to the application
 
-    def prepare(self, *, limit: int, keep_alive: bool, version: str, raw_path: bytes) -> None:
+    def prepare(self, limit: int, keep_alive: bool, version: str, raw_path: bytes) -> None:
+        """The protocol's fields, set once the head is parsed (positional: once per request)."""
         self.chunks = []
         self.size = 0
         self.limit = limit

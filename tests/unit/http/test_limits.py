@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -133,10 +134,14 @@ def test_an_idle_kept_alive_connection_is_closed(tmp_path: Path) -> None:
         b"POST /pass HTTP/1.1\r\nhost: t\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n",
         b"GET /echo HTTP/1.1\r\nhost t\r\n\r\n",  # a header without a colon
         b"NOT-HTTP\r\n\r\n",
+        b"CONNECT example.org:443 HTTP/1.1\r\nhost: example.org\r\n\r\n",
+        b"GET /caf\xc3\xa9 HTTP/1.1\r\nhost: t\r\n\r\n",  # not ASCII
     ],
-    ids=["bad-chunk", "length-and-chunked", "bad-header", "not-http"],
+    ids=["bad-chunk", "length-and-chunked", "bad-header", "not-http", "connect", "non-ascii"],
 )
-def test_bad_http_is_400_logged_and_closed(tmp_path: Path, data: bytes) -> None:
+def test_bad_http_is_400_logged_and_closed(
+    tmp_path: Path, data: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
     async def test(app: MiniApp, port: int) -> None:
         await _refused(port, data, status=400, code="bad_request")
         assert app.edge.inflight == 0
@@ -144,6 +149,7 @@ def test_bad_http_is_400_logged_and_closed(tmp_path: Path, data: bytes) -> None:
     app = serve(MiniApp(tmp_path), test)
     [line] = app.log_lines()
     assert (line["status"], line["reason"]) == (400, "bad_request")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # a client's error, not ours
 
 
 def test_over_max_connections_a_new_connection_gets_503_at_once(tmp_path: Path) -> None:
