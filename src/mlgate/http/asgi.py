@@ -159,7 +159,8 @@ class AsgiDriver:
             route = scope.get("route")
             label = getattr(route, "path", None)
             x.label = label if isinstance(label, str) else self.edge.label(x.method, x.path)
-            x.close(CLIENT_CLOSED if x.gone else status or 500, "client_closed" if x.gone else None)
+            gone = x.gone or status == CLIENT_CLOSED
+            x.close(CLIENT_CLOSED if gone else status or 500, "client_closed" if gone else None)
 
 
 def _closing(response: WireResponse) -> WireResponse:

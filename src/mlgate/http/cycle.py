@@ -169,12 +169,14 @@ class AsgiCycle:
                 self._buffer = []
                 self._buffered = 0
                 self._last_sent = not self._more
-                self.protocol.resume_reading()
+                if self._more:  # a streamed body: the application has caught up, read on
+                    self.protocol.resume_reading()
                 return {"type": "http.request", "body": body, "more_body": self._more}
             if not self._more and not self._last_sent:
                 self._last_sent = True
                 return {"type": "http.request", "body": b"", "more_body": False}
-            self.protocol.resume_reading()
+            if self._more:
+                self.protocol.resume_reading()
             await self._wait()  # more body, or (all of it received) the client gone / the answer sent
 
     async def send(self, message: dict[str, Any]) -> None:

@@ -7,9 +7,11 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from mlgate.errors import MlgateError
+from mlgate.http.exchange import CLIENT_CLOSED
 from mlgate.http.gateway import GatewayRejected
 from mlgate.http.jsonio import JSONResponse
 from mlgate.http.wire import WireResponse
@@ -46,6 +48,8 @@ def error_parts(exc: Exception, *, method: str, path: str) -> tuple[int, Any, di
         return exc.status, exc.body, exc.headers
     if isinstance(exc, MlgateError):
         return _mlgate_error(exc)
+    if isinstance(exc, ClientDisconnect):  # the client left mid-body: nobody reads this, nothing to log
+        return CLIENT_CLOSED, {"error": {"code": "client_closed", "message": "client closed the request"}}, {}
     log.exception("unhandled error on %s %s", method, path, exc_info=exc)
     return 500, {"error": {"code": "internal", "message": "internal server error"}}, {}
 

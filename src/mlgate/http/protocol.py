@@ -157,7 +157,7 @@ class HttpProtocol(asyncio.Protocol):
         self._active: Request | None = None
         self._queue: deque[Request] = deque()
         self._paused = False
-        self._closing = False  # no request after the current one (shutdown, an error)
+        self._closing = False  # no request read after the current ones (shutdown, half-close)
         self._ignore = False  # nothing more is parsed (refused, closing, upgraded)
         self._lost = False  # the connection is gone
         self._counted = False  # in the edge's count of open connections
@@ -227,6 +227,9 @@ class HttpProtocol(asyncio.Protocol):
             self._drained.set_result(None)
 
     def eof_received(self) -> bool | None:
+        # The client's end of the stream: taken as the client gone (as uvicorn and nginx do), so
+        # the work of a request it abandoned is cancelled at once rather than finished for nobody.
+        # A client that half-closes after pipelining requests therefore gets no answers.
         return None  # the transport closes; connection_lost follows
 
     def pause_writing(self) -> None:
@@ -311,6 +314,12 @@ class HttpProtocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
         self._head_size += len(name) + len(value) + 4
+        if not self._parsing_head:
+            # A chunked body's trailer fields: never merged into the request's headers (a trailer
+            # "Host" or "X-Forwarded-Proto" must not rewrite the request), still within the limits.
+            if self._header_count > self._max_headers or self._head_size > self._max_header_bytes:
+                raise _Refused(HeadersTooLarge("trailer fields too large"), "header_too_large")
+            return
         if self._header_count > self._max_headers:
             raise _Refused(HeadersTooLarge(f"more than {self._max_headers} headers"), "too_many_headers")
         if self._head_size > self._max_header_bytes:
@@ -422,13 +431,15 @@ class HttpProtocol(asyncio.Protocol):
         sheds = edge.sheds(x.path)
         if sheds and edge.at_capacity():
             edge.shed(x.method, x.path, x.query, x.client)
-            keep_alive = x.keep_alive and x.complete and not self._closing
+            keep_alive = x.keep_alive and x.complete and not self.closing
             self.write(edge.shed_response(self.server_state.default_headers, keep_alive))
             x.status = 503  # answered and logged by Edge.shed: no exchange lifecycle for a shed request
             x.keep_alive = keep_alive
             self.done(x)
             return
-        if sheds:  # probes and metrics are neither shed nor counted
+        if sheds and not x.streaming:
+            # Probes and metrics are neither shed nor counted; nor are uploads, dispatched before
+            # their body arrives (a slow upload must not hold a slot: it holds a connection).
             x.take_slot()
         if x.expect and not x.complete:
             x.expect = False
@@ -461,7 +472,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def answer(self, x: Request, response: WireResponse) -> None:
         """Write a whole answer in one write, then go on to what the connection does next."""
-        keep_alive = x.keep_alive and x.complete and not self._closing
+        keep_alive = x.keep_alive and x.complete and not self.closing
         x.keep_alive = keep_alive
         self.write(
             encode_http11(response, default_headers=_default_header_bytes(self), keep_alive=keep_alive)
@@ -528,9 +539,9 @@ class HttpProtocol(asyncio.Protocol):
     # -- refusals and closing ----------------------------------------------------------------
 
     def _refuse(self, error: MlgateError, reason: str) -> None:
-        """Refuse the request being read (or a head not yet complete), answer in turn, close."""
-        self._ignore = True  # nothing after this is parsed
-        self._closing = True
+        """Refuse the request being read (or a head not yet complete): answered in its turn, after
+        the requests pipelined before it, then the connection is closed (nothing after it is read)."""
+        self._ignore = True
         x = self._current
         self._current = None
         if x is None:
@@ -610,8 +621,9 @@ class HttpProtocol(asyncio.Protocol):
 
     @property
     def closing(self) -> bool:
-        """No request after the current one is served on this connection."""
-        return self._closing
+        """The answer being written is the connection's last (it is closing, and no pipelined
+        request is owed an answer after it)."""
+        return self._closing and not self._queue
 
     def default_headers(self) -> bytes:
         """The server's default headers (``date``) as encoded header lines."""
@@ -623,7 +635,9 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self._paused:
+        """Read again, unless pipelined requests are still waiting their turn (what the client
+        sends meanwhile stays in the kernel's buffers, not in this process)."""
+        if self._paused and not self._queue:
             self._paused = False
             self.transport.resume_reading()
 

@@ -122,6 +122,16 @@ class MiniApp:
             more = message.get("more_body", False)
         if path == "/fail":
             raise RuntimeError("a bug behind the edge")
+        if path == "/headers":  # what the application was told about the request
+            seen = {
+                "scheme": scope["scheme"],
+                "headers": [[k.decode(), v.decode()] for k, v in scope["headers"]],
+            }
+            body = json.dumps(seen).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
         if path == "/slowpass":
             self.entered.set()
             await self.release.wait()

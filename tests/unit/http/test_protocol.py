@@ -282,3 +282,84 @@ def test_a_streaming_route_gets_its_body_as_it_arrives(tmp_path: Path) -> None:
         writer.close()
 
     serve(MiniApp(tmp_path), test)
+
+
+# -- what a hostile client tried (each found once, kept here) ----------------------------------
+
+
+def test_a_refusal_pipelined_behind_good_requests_is_answered_in_its_turn(tmp_path: Path) -> None:
+    async def test(app: MiniApp, port: int) -> None:
+        for tail, status in (
+            (b"GARBAGE\r\n\r\n", 400),
+            (b"POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: 7340032\r\n\r\n", 413),
+            (b"GET /items/x HTTP/1.1\r\n" + b"".join(b"x-h%d: v\r\n" % i for i in range(101)) + b"\r\n", 431),
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(post("/echo") + post("/pass") + tail)
+            answers = [await read_response(reader) for _ in range(3)]
+            assert [a[0] for a in answers] == [200, 200, status]
+            assert "connection" not in answers[0][1] and "connection" not in answers[1][1]
+            assert answers[2][1]["connection"] == "close"
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+
+    app = serve(MiniApp(tmp_path), test)
+    # One line each (a request passed to the application is logged when it returns, which may be
+    # after the next pipelined answer: the answers above are in order, the lines need not be).
+    assert sorted(x["status"] for x in app.log_lines()) == [200] * 6 + [400, 413, 431]
+
+
+def test_chunked_trailers_never_become_request_headers(tmp_path: Path) -> None:
+    async def test(app: MiniApp, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /headers HTTP/1.1\r\nhost: good.example\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"2\r\n{}\r\n0\r\nx-forwarded-proto: https\r\nhost: evil.example\r\n\r\n"
+        )
+        status, _, body = await read_response(reader)
+        seen = json.loads(body)
+        assert status == 200
+        assert seen["scheme"] == "http"
+        assert ["host", "evil.example"] not in seen["headers"]
+        assert [h for h in seen["headers"] if h[0] == "x-forwarded-proto"] == []
+        writer.close()
+
+    serve(MiniApp(tmp_path), test)
+
+
+def test_pipelined_requests_wait_in_the_kernel_not_in_the_process(tmp_path: Path) -> None:
+    """A client pipelining far ahead of the answers: the connection stops reading while requests
+    are queued, so what the server holds is bounded by one read, not by what the client sends."""
+
+    async def test(app: MiniApp, port: int) -> None:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post("/slowpass", b"{}"))
+        await asyncio.wait_for(app.entered.wait(), 5)
+        flood = post("/pass", b"{}") * 20_000  # ~1.5 MB of requests
+        writer.write(flood)
+        await asyncio.sleep(0.5)
+        assert app.uvicorn is not None
+        [protocol] = list(app.uvicorn.server_state.connections)
+        queued = len(protocol._queue)
+        assert 0 < queued < 5_000, queued  # one read's worth at most, not 20,000
+        writer.close()
+
+    serve(MiniApp(tmp_path), test)
+
+
+def test_an_upload_dispatched_before_its_body_holds_no_in_flight_slot(tmp_path: Path) -> None:
+    async def test(app: MiniApp, port: int) -> None:
+        upload_r, upload_w = await asyncio.open_connection("127.0.0.1", port)
+        upload_w.write(
+            b"POST /upload HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"
+        )
+        await wait_for(lambda: app.asgi_paths == ["/upload"])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post("/echo"))  # max_inflight=1, and the upload does not hold it
+        assert (await read_response(reader))[0] == 200
+        upload_w.write(b"0\r\n\r\n")
+        assert (await read_response(upload_r))[0] == 200
+        writer.close()
+        upload_w.close()
+
+    serve(MiniApp(tmp_path, max_inflight=1), test)
