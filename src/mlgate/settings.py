@@ -130,6 +130,13 @@ class HttpSettings(BaseModel):
     body_timeout_s: float = Field(
         default=30.0, gt=0, le=3600, description="a request body that stops arriving for this long: 408"
     )
+    send_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="a client that reads nothing of its answers for this long is disconnected (its "
+        "requests end as 499); while it does not read, nothing more of its requests is read either",
+    )
     keep_alive_s: float = Field(
         default=5.0, gt=0, le=3600, description="an idle connection is closed after this"
     )

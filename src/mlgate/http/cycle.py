@@ -17,7 +17,7 @@ import re
 from typing import Any, Protocol
 
 from mlgate.errors import MlgateError
-from mlgate.http.errors import wire_error
+from mlgate.http.exchange import CLIENT_CLOSED
 from mlgate.http.request import Request
 from mlgate.http.wire import STATUS_LINES, WireResponse
 
@@ -29,6 +29,7 @@ _HIGH_WATER = 64 * 1024
 _BAD_NAME = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')
 _BAD_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
 _DISCONNECT = {"type": "http.disconnect"}
+_INTERNAL = {"error": {"code": "internal", "message": "internal server error"}}
 
 
 class Connection(Protocol):
@@ -132,28 +133,32 @@ class AsgiCycle:
         try:
             await app(scope, self.receive, self.send)
         except Exception as exc:  # mlgate's driver answers every error: this is a bug
-            log.error("mlgate: the ASGI application failed on %s %s", x.method, x.path, exc_info=exc)
-            self._broken(500 if not self.started else 0)
-        else:
-            if not self.started:
-                log.error("mlgate: the ASGI application returned without answering %s %s", x.method, x.path)
-                self._broken(500)
-            elif not self.complete:
-                log.error("mlgate: the ASGI application left %s %s unfinished", x.method, x.path)
-                self._broken(0)
+            if not self._gone:
+                log.error("mlgate: the ASGI application failed on %s %s", x.method, x.path, exc_info=exc)
+            self._broken()
+            return
+        if self._gone:
+            return  # nobody to answer (the exchange was closed as 499)
+        if not self.started:
+            log.error("mlgate: the ASGI application returned without answering %s %s", x.method, x.path)
+            self._broken()
+        elif not self.complete:
+            log.error("mlgate: the ASGI application left %s %s unfinished", x.method, x.path)
+            self._broken()
 
-    def _broken(self, status: int) -> None:
-        """Answer 500 if nothing was sent, and close the connection either way."""
+    def _broken(self) -> None:
+        """Answer 500 if nothing was sent yet (else cut the connection), and close the exchange."""
         x = self.x
         x.keep_alive = False
+        answered = self.started
         self.complete = True
-        if status:
-            response = wire_error(RuntimeError("no answer"), method=x.method, path=x.path)
-            x.close(response.status)
-            self.protocol.answer(x, response)
-        else:
-            x.close(500)
+        x.close(CLIENT_CLOSED if self._gone else 500, "client_closed" if self._gone else None)
+        if self._gone:
             self.protocol.done(x)
+        elif not answered:
+            self.protocol.answer(x, WireResponse.json(_INTERNAL, 500))
+        else:
+            self.protocol.done(x)  # a partial answer: the connection cannot be reused
 
     async def receive(self) -> dict[str, Any]:
         while True:
@@ -183,7 +188,12 @@ class AsgiCycle:
         protocol = self.protocol
         if self._gone:
             return
-        await protocol.drain()
+        if message.get("more_body", False):
+            # A streamed answer waits for a client that reads slowly. A whole answer (or the last
+            # part) does not: it is handed to the transport and the application returns, so its
+            # in-flight slot is not held by a client that stopped reading (the connection serves
+            # nothing more until it reads on, and is dropped after send_timeout_s).
+            await protocol.drain()
         kind = message["type"]
         x = self.x
         if not self.started:

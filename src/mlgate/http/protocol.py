@@ -163,6 +163,8 @@ class HttpProtocol(asyncio.Protocol):
         self._counted = False  # in the edge's count of open connections
         self._eof = False  # our side is shut (closed or write_eof): nothing more is written
         self._write_paused = False
+        self._write_paused_at = 0.0
+        self._after_write: Request | None = None  # answered while writing was paused: go on later
         self._drained: asyncio.Future[None] | None = None
         # timers: one per connection, re-armed when it fires
         self._timer: asyncio.TimerHandle | None = None
@@ -170,7 +172,10 @@ class HttpProtocol(asyncio.Protocol):
         self._idle_limit = self.limits.header_timeout_s
         # The timer fires at least this often, so a phase with a shorter limit than the one it
         # was armed for is noticed in time (a timer per phase change would cost every request).
-        self._tick = min(self.limits.header_timeout_s, self.limits.body_timeout_s, self.limits.keep_alive_s)
+        limits = self.limits
+        self._tick = min(
+            limits.header_timeout_s, limits.body_timeout_s, limits.keep_alive_s, limits.send_timeout_s
+        )
         self._max_headers = self.limits.max_headers
         self._max_header_bytes = self.limits.max_header_bytes
 
@@ -233,13 +238,24 @@ class HttpProtocol(asyncio.Protocol):
         return None  # the transport closes; connection_lost follows
 
     def pause_writing(self) -> None:
+        """The client is not reading its answers fast enough: stop reading its requests (and, in
+        :meth:`done`, serving the next pipelined one) until it does; past ``send_timeout_s`` it
+        is disconnected (:meth:`_on_timer`)."""
         self._write_paused = True
+        self._write_paused_at = self.loop.time()
+        self.pause_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         self._drained = None
+        answered = self._after_write
+        if answered is not None:
+            self._after_write = None
+            self._next(answered)
+        else:
+            self.resume_reading()
 
     async def drain(self) -> None:
         """Wait while the transport's write buffer is over its high-water mark."""
@@ -295,6 +311,15 @@ class HttpProtocol(asyncio.Protocol):
             self._current is not None and (self._active is None or self._current is self._active)
         ):
             self._since = self.loop.time()  # a body arrives: inactivity counts from this read
+            current = self._current
+            if current is not None and in_body and self._completed == completed:
+                # All of this read is body, framing included: chunk extensions, which the parser
+                # skips without a callback, must not make a body endless either.
+                current.wire += len(data)
+                if current.wire > 2 * current.limit + 65_536:
+                    self._refuse(
+                        PayloadTooLarge(f"request body exceeds {current.limit} bytes"), "body_too_large"
+                    )
 
     def on_message_begin(self) -> None:
         if self._ignore:
@@ -346,7 +371,8 @@ class HttpProtocol(asyncio.Protocol):
         idle = self._active is None and not self._queue
         version = parser.get_http_version()
         keep_alive = version != "1.0" and parser.should_keep_alive() and not self._closing
-        if parser.should_upgrade():
+        upgrade = parser.should_upgrade()
+        if upgrade:
             keep_alive = False  # no protocol switch here: answered as plain HTTP, then closed
         if idle and edge.at_capacity() and edge.sheds(path):
             # Refused before anything else is built; its body, if any, is skipped.
@@ -378,6 +404,11 @@ class HttpProtocol(asyncio.Protocol):
             if x.route is None:
                 x.label = edge.label(method, path)
             raise _Refused(PayloadTooLarge(f"request body exceeds {limit} bytes"), "body_too_large")
+        if upgrade and method != "GET" and (known.content_length or known.chunked):
+            # The parser hands what follows an upgrade request to the new protocol, so its body
+            # would be lost: refused, clearly, instead of served without it (curl --http2 sends one).
+            error = BadRequest("a request with a body cannot ask for an Upgrade here; send it without one")
+            raise _Refused(error, "bad_request")
         if idle:
             if x.streaming:
                 self._dispatch(x)
@@ -486,6 +517,12 @@ class HttpProtocol(asyncio.Protocol):
             self._active = None
         if self._lost or self._eof:
             return
+        if self._write_paused and x.keep_alive:
+            self._after_write = x  # the client is not reading: nothing more until it does
+            return
+        self._next(x)
+
+    def _next(self, x: Request) -> None:
         if not x.keep_alive:
             self._close(lingering=not x.complete, reason=x.refusal[1] if x.refusal else None)
             return
@@ -635,9 +672,9 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        """Read again, unless pipelined requests are still waiting their turn (what the client
-        sends meanwhile stays in the kernel's buffers, not in this process)."""
-        if self._paused and not self._queue:
+        """Read again, unless pipelined requests are still waiting their turn or the client is not
+        reading its answers (what it sends meanwhile stays in the kernel's buffers, not here)."""
+        if self._paused and not self._queue and not self._write_paused:
             self._paused = False
             self.transport.resume_reading()
 
@@ -648,7 +685,14 @@ class HttpProtocol(asyncio.Protocol):
         if self._lost or self._eof or self.transport.is_closing():
             return
         limits = self.limits
-        elapsed = self.loop.time() - self._since
+        now = self.loop.time()
+        if self._write_paused and now - self._write_paused_at >= limits.send_timeout_s:
+            # It reads nothing of what it was sent: its requests end (499), the connection goes.
+            self.edge.metrics.http_closed.labels("send_timeout").inc()
+            self._ignore = self._eof = True
+            self.transport.abort()
+            return
+        elapsed = now - self._since
         active = self._active
         if active is not None:
             wait = limits.body_timeout_s

@@ -43,10 +43,12 @@ class Request(Exchange):
         "size",
         "streaming",
         "task",
+        "wire",
     )
 
     chunks: list[bytes]
     size: int
+    wire: int  # bytes read while the body arrived, framing included
     limit: int
     keep_alive: bool
     complete: bool  # the whole message (head and body) has been read
@@ -62,7 +64,7 @@ class Request(Exchange):
     def prepare(self, limit: int, keep_alive: bool, version: str, raw_path: bytes) -> None:
         """The protocol's fields, set once the head is parsed (positional: once per request)."""
         self.chunks = []
-        self.size = 0
+        self.size = self.wire = 0
         self.limit = limit
         self.keep_alive = keep_alive
         self.complete = False

@@ -50,6 +50,7 @@ class KnownHeaders:
     api_key: str | None
     authorization: str | None
     forwarded: bool = False  # an X-Forwarded-For header was sent
+    chunked: bool = False  # a Transfer-Encoding header was sent (the body's length is not declared)
 
 
 def scan_headers(headers: list[tuple[bytes, bytes]]) -> KnownHeaders:
@@ -57,7 +58,7 @@ def scan_headers(headers: list[tuple[bytes, bytes]]) -> KnownHeaders:
     request_id: str | None = None
     content_type = ""
     api_key = authorization = None
-    cross_origin = forwarded = False
+    cross_origin = forwarded = chunked = False
     length = 0
     for name, value in headers:
         if name == b"content-length":
@@ -82,7 +83,11 @@ def scan_headers(headers: list[tuple[bytes, bytes]]) -> KnownHeaders:
             cross_origin = True
         elif name == b"x-forwarded-for":
             forwarded = True
-    return KnownHeaders(request_id, length, cross_origin, content_type, api_key, authorization, forwarded)
+        elif name == b"transfer-encoding":
+            chunked = True
+    return KnownHeaders(
+        request_id, length, cross_origin, content_type, api_key, authorization, forwarded, chunked
+    )
 
 
 @dataclass(slots=True)

@@ -55,6 +55,7 @@ class MiniApp:
         serving.add("/slow", self.slow)
         serving.add("/boom", self.boom)
         serving.add("/items/{name}", self.item, method="GET")
+        serving.add("/big", self.big, method="GET")
         self.edge = Edge(
             metrics=self.metrics,
             access_log=self.access_log,
@@ -106,6 +107,9 @@ class MiniApp:
     async def item(self, x: Exchange) -> WireResponse:
         self.served.append(x.path)
         return WireResponse.json({"name": x.params["name"]})
+
+    async def big(self, x: Exchange) -> WireResponse:
+        return WireResponse(200, b"b" * 256 * 1024, content_type=b"text/plain")
 
     # -- the stand-in for FastAPI --------------------------------------------------------------
 

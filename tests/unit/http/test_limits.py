@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,72 @@ def test_over_max_connections_a_new_connection_gets_503_at_once(tmp_path: Path) 
 
     app = serve(MiniApp(tmp_path, max_connections=3), test)
     assert _reasons(app)[0] == ("-", "-", 503, "too_many_connections")
+
+
+def test_a_client_that_reads_nothing_is_not_sent_more_and_is_disconnected(tmp_path: Path) -> None:
+    """Pipelined requests for big answers, never read: the server stops serving (and reading)
+    them while the answers wait in the socket, holds no more than about one answer in its buffers,
+    and after ``send_timeout_s`` drops the connection, its queued requests logged as 499."""
+
+    async def test(app: MiniApp, port: int) -> None:
+        _, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
+        transport = writer.transport
+        transport.pause_reading()  # read nothing
+        writer.write(b"GET /big HTTP/1.1\r\nhost: t\r\n\r\n" * 200)
+        await wait_for(lambda: app.uvicorn is not None and len(app.uvicorn.server_state.connections) == 1)
+        await asyncio.sleep(0.3)
+        assert app.uvicorn is not None
+        [protocol] = list(app.uvicorn.server_state.connections)
+        assert protocol.transport.get_write_buffer_size() < 2 * 256 * 1024  # one answer over the mark
+        await wait_for(lambda: not app.uvicorn.server_state.connections, timeout=10)  # send timeout
+        writer.close()
+
+    app = serve(MiniApp(tmp_path, send_timeout_s=1.0), test)
+    statuses = Counter(x["status"] for x in app.log_lines())
+    assert statuses[499] >= 1 and sum(statuses.values()) <= 200
+    assert app.sample("mlgate_http_connections_closed_total", reason="send_timeout") == 1
+
+
+def test_a_request_with_a_body_asking_for_an_upgrade_is_refused_clearly(tmp_path: Path) -> None:
+    async def test(app: MiniApp, port: int) -> None:
+        data = (
+            b"POST /echo HTTP/1.1\r\nhost: t\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\n"
+            b"http2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\ncontent-length: 8\r\n\r\n" + b'{"x": 1}'
+        )
+        await _refused(port, data, status=400, code="bad_request")
+
+    serve(MiniApp(tmp_path), test)
+
+
+def test_a_body_made_endless_by_chunk_extensions_is_413(tmp_path: Path) -> None:
+    async def test(app: MiniApp, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /echo HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n1;ext=")
+        try:
+            for _ in range(64):
+                writer.write(b"e" * 16384)
+                await asyncio.wait_for(writer.drain(), 5)
+        except ConnectionError:
+            pass
+        status, _, body = await read_response(reader)
+        assert (status, json.loads(body)["error"]["code"]) == (413, "payload_too_large")
+        writer.close()
+
+    serve(MiniApp(tmp_path), test)
+
+
+def test_a_client_gone_while_the_application_works_is_499_without_an_error_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def test(app: MiniApp, port: int) -> None:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post("/slowpass", b"{}"))
+        await asyncio.wait_for(app.entered.wait(), 5)
+        writer.close()
+        await asyncio.sleep(0.1)
+        app.release.set()  # the application answers a client that is gone
+        await wait_for(lambda: app.edge.inflight == 0)
+
+    app = serve(MiniApp(tmp_path), test)
+    assert [(x["status"], x["reason"]) for x in app.log_lines()] == [(499, "client_closed")]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
