@@ -11,9 +11,10 @@ these tests are about HTTP and the request lifecycle.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -164,25 +165,34 @@ class MiniApp:
 Test = Callable[[MiniApp, int], Awaitable[None]]
 
 
+@contextlib.asynccontextmanager
+async def running(app: Any, *, http: Any = HttpProtocol) -> AsyncIterator[tuple[uvicorn.Server, int]]:
+    """``app`` served by a real uvicorn on a free loopback port (its lifespan run), then stopped."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, http=http, log_level="warning", access_log=False, proxy_headers=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
+        await asyncio.sleep(0.01)
+    try:
+        yield server, port
+    finally:
+        server.should_exit = True
+        await task
+
+
 def serve(app: MiniApp, test: Test, *, http: Any = HttpProtocol) -> MiniApp:
     """Run ``test(app, port)`` against ``app`` on a real uvicorn server, then shut it down."""
 
     async def main() -> None:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(app, http=http, log_level="warning", access_log=False, proxy_headers=False)
-        server = uvicorn.Server(config)
-        app.uvicorn = server
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
-            await asyncio.sleep(0.01)
-        try:
-            await test(app, port)
-        finally:
-            app.release.set()
-            server.should_exit = True
-            await task
+        async with running(app, http=http) as (server, port):
+            app.uvicorn = server
+            try:
+                await test(app, port)
+            finally:
+                app.release.set()
 
     asyncio.run(main())
     return app

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +22,13 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from mlgate.http import create_app
 from mlgate.http.app import MlgateApp
 from mlgate.http.protocol import HttpProtocol
 from mlgate.settings import Settings
 from tests.security.conftest import SLEEPY_MODEL
-from tests.unit.http.harness import read_response
+from tests.unit.http.harness import read_response, running
 
 pytestmark = pytest.mark.slow  # three servers with the real application: ~10 s (not in make unit)
 
@@ -255,15 +253,7 @@ def _run(tmp_path: Path, http: Any, *, lane: bool = True, cases: list[str]) -> R
     outcomes: dict[str, Outcome] = {}
 
     async def main() -> None:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(app, http=http, log_level="warning", access_log=False, proxy_headers=False)
-        server = uvicorn.Server(config)
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
-            await asyncio.sleep(0.01)
-        try:
+        async with running(app, http=http) as (_, port):
             await _prepare(app, port, keys, ids, cases)
             for name in cases:
                 outcomes[name] = await CASES[name](port, keys[name])
@@ -271,9 +261,6 @@ def _run(tmp_path: Path, http: Any, *, lane: bool = True, cases: list[str]) -> R
                 if app.edge.inflight == 0:
                     break
                 await asyncio.sleep(0.01)
-        finally:
-            server.should_exit = True
-            await task
 
     asyncio.run(main())
     log: dict[str, list[dict[str, Any]]] = {}
