@@ -345,3 +345,37 @@ def test_take_then_count_decides_as_take_followed_by_count(open_storage: Opener)
         assert (await storage.take("bucket:ttc", rate=0.001, burst=3, now=T0 + 9)).allowed is False
 
     run(open_storage, body)
+
+
+# -- refunds (charged = served) ------------------------------------------------------------------
+
+
+def test_a_refund_gives_back_tokens_and_quota_units_within_the_same_window(open_storage: Opener) -> None:
+    async def body(s: LimiterStorage) -> None:
+        ends = T0 + 100
+        d, q = await s.take_then_count("b", "q", rate=1, burst=10, limit=20, window_end=ends, cost=8, now=T0)
+        assert d.allowed and q is not None and (d.remaining, q.remaining) == (2, 12)
+        await s.refund("b", "q", rate=1, burst=10, window_end=ends, cost=5)
+        d, q = await s.take_then_count("b", "q", rate=1, burst=10, limit=20, window_end=ends, cost=1, now=T0)
+        assert d.allowed and q is not None and (d.remaining, q.remaining) == (6, 16)
+        # never above the burst, never below zero
+        await s.refund("b", "q", rate=1, burst=10, window_end=ends, cost=100)
+        d, q = await s.take_then_count("b", "q", rate=1, burst=10, limit=20, window_end=ends, cost=1, now=T0)
+        assert d.allowed and q is not None and (d.remaining, q.remaining) == (9, 19)
+
+    run(open_storage, body)
+
+
+def test_a_refund_never_touches_another_window_or_a_missing_state(open_storage: Opener) -> None:
+    async def body(s: LimiterStorage) -> None:
+        ends = T0 + 100
+        assert (await s.count("q", limit=3, window_end=ends, cost=3, now=T0)).remaining == 0
+        await s.refund(None, "q", rate=1, burst=1, window_end=ends + 100, cost=3)  # another window
+        assert not (await s.count("q", limit=3, window_end=ends, now=T0)).allowed
+        await s.refund(None, "q", rate=1, burst=1, window_end=ends, cost=1)  # bucket key None
+        assert (await s.count("q", limit=3, window_end=ends, now=T0)).allowed
+        await s.refund("nothing-here", "nor-here", rate=1, burst=5, window_end=ends, cost=2)
+        d = await s.take("nothing-here", rate=1, burst=5, now=T0)
+        assert (d.allowed, d.remaining) == (True, 4)  # a new bucket still starts at its burst
+
+    run(open_storage, body)

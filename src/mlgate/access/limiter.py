@@ -145,6 +145,23 @@ class FailOpenStorage:
             self._warn(exc)
         return await self.fallback.take_then_count(bucket_key, quota_key, **args)
 
+    async def refund(
+        self,
+        bucket_key: str | None,
+        quota_key: str | None,
+        *,
+        rate: float,
+        burst: int,
+        window_end: float,
+        cost: int,
+    ) -> None:
+        args: dict[str, Any] = {"rate": rate, "burst": burst, "window_end": window_end, "cost": cost}
+        try:
+            await self.inner.refund(bucket_key, quota_key, **args)
+        except LimiterUnavailable as exc:
+            self._warn(exc)
+            await self.fallback.refund(bucket_key, quota_key, **args)
+
     async def reset(self, key: str) -> None:
         await self.fallback.reset(key)
         try:

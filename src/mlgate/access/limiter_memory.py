@@ -119,6 +119,26 @@ class MemoryLimiterStorage(InProcessStorage):
             return decision, None
         return decision, self.count_sync(quota_key, limit=limit, window_end=window_end, cost=cost, now=t)
 
+    def refund_sync(
+        self,
+        bucket_key: str | None,
+        quota_key: str | None,
+        *,
+        rate: float,
+        burst: int,
+        window_end: float,
+        cost: int,
+    ) -> None:
+        """:meth:`refund` for synchronous callers."""
+        with self._lock:
+            entry = self._buckets.get(bucket_key) if bucket_key is not None else None
+            if entry is not None:
+                entry[0] = min(float(burst), entry[0] + cost)
+                entry[2] = entry[1] + (burst - entry[0]) / rate
+            counter = self._counters.get(quota_key) if quota_key is not None else None
+            if counter is not None and counter[1] == window_end:
+                counter[0] = max(0, int(counter[0]) - cost)
+
     def __len__(self) -> int:
         """How many buckets and counters are held (for tests and metrics)."""
         return len(self._buckets) + len(self._counters)

@@ -296,6 +296,32 @@ class MmapLimiterStorage(InProcessStorage):
         finally:
             self._release()
 
+    def refund_sync(
+        self,
+        bucket_key: str | None,
+        quota_key: str | None,
+        *,
+        rate: float,
+        burst: int,
+        window_end: float,
+        cost: int,
+    ) -> None:
+        bucket = self._digest(bucket_key, _BUCKET) if bucket_key is not None else None
+        counter = self._digest(quota_key, _COUNTER) if quota_key is not None else None
+        with self._locked() as table:
+            if bucket is not None:
+                index, found = table.find(bucket)
+                if found:
+                    tokens, stamp, _ = table.read(index)
+                    tokens = min(float(burst), tokens + cost)
+                    table.write(index, tokens, stamp, stamp + (burst - tokens) / rate)
+            if counter is not None:
+                index, found = table.find(counter)
+                if found:
+                    count, ends, _ = table.read(index)
+                    if ends == window_end:
+                        table.write(index, float(max(0, int(count) - cost)), ends, ends)
+
     def __len__(self) -> int:
         """Live buckets and counters (for tests and metrics)."""
         with self._locked() as table:

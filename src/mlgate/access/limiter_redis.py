@@ -129,6 +129,25 @@ return {d[1], d[2], d[3], q[1], q[2], q[3]}
 """
 )
 
+# KEYS[1] bucket, KEYS[2] counter; ARGV cost, has bucket, burst, has counter, window_end: a refund.
+_REFUND = """
+local cost = tonumber(ARGV[1])
+if ARGV[2] == '1' then
+  local t = redis.call('HGET', KEYS[1], 't')
+  if t then
+    local tokens = math.min(tonumber(ARGV[3]), tonumber(t) + cost)
+    redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens))
+  end
+end
+if ARGV[4] == '1' then
+  local state = redis.call('HMGET', KEYS[2], 'c', 'e')
+  if state[1] and tonumber(state[2]) == tonumber(ARGV[5]) then
+    redis.call('HSET', KEYS[2], 'c', string.format('%d', math.max(0, tonumber(state[1]) - cost)))
+  end
+end
+return {1}
+"""
+
 
 class _Script:
     __slots__ = ("sha", "source")
@@ -141,6 +160,7 @@ class _Script:
 _TAKE_SCRIPT = _Script(_TAKE)
 _COUNT_SCRIPT = _Script(_COUNT)
 _TAKE_THEN_COUNT_SCRIPT = _Script(_TAKE_THEN_COUNT)
+_REFUND_SCRIPT = _Script(_REFUND)
 # Errors that mean "the shared state is out of reach", as opposed to a bug in a script.
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
 
@@ -231,6 +251,20 @@ class RedisLimiterStorage:
         if len(reply) == 3:
             return decision, None
         return decision, QuotaDecision(reply[3] == 1, limit, limit - int(reply[4]), float(reply[5]))
+
+    async def refund(
+        self,
+        bucket_key: str | None,
+        quota_key: str | None,
+        *,
+        rate: float,
+        burst: int,
+        window_end: float,
+        cost: int,
+    ) -> None:
+        keys = (self._buckets + (bucket_key or ""), self._counters + (quota_key or ""))
+        args = (cost, int(bucket_key is not None), burst, int(quota_key is not None), repr(float(window_end)))
+        await self._run(_REFUND_SCRIPT, keys, args)
 
     async def reset(self, key: str) -> None:
         self._check_up()

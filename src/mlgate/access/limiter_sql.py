@@ -85,8 +85,20 @@ class _TakeThenCount:
     count: _Count
 
 
-_Op = _Take | _Count | _TakeThenCount
-_Result = Decision | QuotaDecision | tuple[Decision, QuotaDecision | None]
+@dataclass(slots=True)
+class _Refund:
+    """Give back what an unserved request took (see LimiterStorage.refund)."""
+
+    bucket_key: str | None
+    quota_key: str | None
+    rate: float
+    burst: int
+    window_end: float
+    cost: int
+
+
+_Op = _Take | _Count | _TakeThenCount | _Refund
+_Result = Decision | QuotaDecision | tuple[Decision, QuotaDecision | None] | None
 
 
 class _Statements:
@@ -169,6 +181,18 @@ class SqlLimiterStorage:
         assert isinstance(result, tuple)
         return result
 
+    async def refund(
+        self,
+        bucket_key: str | None,
+        quota_key: str | None,
+        *,
+        rate: float,
+        burst: int,
+        window_end: float,
+        cost: int,
+    ) -> None:
+        await self._submit(_Refund(bucket_key, quota_key, rate, burst, window_end, cost))
+
     async def reset(self, key: str) -> None:
         await asyncio.to_thread(self._reset, key)
 
@@ -218,6 +242,9 @@ class SqlLimiterStorage:
                         out.append(self._take_in(conn, op, rows, dirty))
                     elif isinstance(op, _Count):
                         out.append(self._count_in(conn, op, rows, dirty))
+                    elif isinstance(op, _Refund):
+                        self._refund_in(conn, op, rows, dirty)
+                        out.append(None)
                     else:
                         decision = self._take_in(conn, op.take, rows, dirty)
                         quota = self._count_in(conn, op.count, rows, dirty) if decision.allowed else None
@@ -269,6 +296,29 @@ class SqlLimiterStorage:
             row[0], row[1] = used, ends
             dirty.add(ref)
         return QuotaDecision(allowed, op.limit, op.limit - used, ends)
+
+    def _refund_in(
+        self,
+        conn: Connection,
+        op: _Refund,
+        rows: dict[tuple[str, str], list[Any]],
+        dirty: set[tuple[str, str]],
+    ) -> None:
+        if op.bucket_key is not None:
+            ref = ("b", op.bucket_key)
+            row = rows.get(ref)
+            if row is None:
+                row = rows[ref] = self._locked(conn, limiter_buckets, op.bucket_key, float(op.burst), 0.0)
+            row[0] = min(float(op.burst), row[0] + op.cost)
+            dirty.add(ref)
+        if op.quota_key is not None:
+            ref = ("c", op.quota_key)
+            row = rows.get(ref)
+            if row is None:
+                row = rows[ref] = self._locked(conn, limiter_counters, op.quota_key, 0, op.window_end)
+            if float(row[1]) == op.window_end:
+                row[0] = max(0, int(row[0]) - op.cost)
+                dirty.add(ref)
 
     def _locked(self, conn: Connection, table: Table, key: str, value: float, stamp: float) -> list[Any]:
         """``[value, stamp]`` of ``key``, locked until the transaction ends; created if missing."""

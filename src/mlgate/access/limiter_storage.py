@@ -14,6 +14,9 @@ Every backend (``limiter_memory``, ``limiter_mmap``, ``limiter_sql``, ``limiter_
 - **Quota counter** (API Gateway quota): a fixed window ending at ``window_end``; a
   request is counted only when ``count + cost <= limit``, so refused requests do not
   use quota, and the counter starts again from zero once ``window_end`` has passed.
+- **Refund** (charged = served): ``cost`` tokens go back into a bucket (never above
+  ``burst``) and ``cost`` units back to a counter whose window is still the one that
+  counted them (never below zero); a bucket or counter that no longer exists is left alone.
 """
 
 from __future__ import annotations
@@ -107,6 +110,20 @@ class LimiterStorage(Protocol):
         in one round trip (a request's whole metering); the answers are those of the two calls."""
         ...
 
+    async def refund(
+        self,
+        bucket_key: str | None,
+        quota_key: str | None,
+        *,
+        rate: float,
+        burst: int,
+        window_end: float,
+        cost: int,
+    ) -> None:
+        """Give back ``cost`` taken from ``bucket_key`` and counted on ``quota_key`` (either may
+        be None) by a request that was not served: see the module's *Refund*."""
+        ...
+
     async def reset(self, key: str) -> None:
         """Forget the bucket and the counter stored under ``key``."""
         ...
@@ -147,6 +164,30 @@ class InProcessStorage:
         now: float | None = None,
     ) -> tuple[Decision, QuotaDecision | None]:
         raise NotImplementedError
+
+    def refund_sync(
+        self,
+        bucket_key: str | None,
+        quota_key: str | None,
+        *,
+        rate: float,
+        burst: int,
+        window_end: float,
+        cost: int,
+    ) -> None:
+        raise NotImplementedError
+
+    async def refund(
+        self,
+        bucket_key: str | None,
+        quota_key: str | None,
+        *,
+        rate: float,
+        burst: int,
+        window_end: float,
+        cost: int,
+    ) -> None:
+        self.refund_sync(bucket_key, quota_key, rate=rate, burst=burst, window_end=window_end, cost=cost)
 
     async def take(
         self, key: str, *, rate: float, burst: int, cost: int = 1, now: float | None = None
