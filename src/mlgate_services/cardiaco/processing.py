@@ -28,7 +28,13 @@ Steps, per patient (patients keep the order of their first row):
 Refused, with a clear message: fewer than 20 timestamps for a patient (422; there is no
 padding: the model never saw padded sequences), no reading of the nine signs at all (422), more
 than :data:`MAX_PATIENTS` patients (422), malformed dates, missing or mismatched columns,
-non-numeric / NaN / null values, values beyond ±1e6 (400).
+non-numeric / NaN / null values, values beyond ±1e6 (400), more than :data:`MAX_READINGS`
+readings (400, checked on the length of ``nomSigno`` before any value or date is read).
+
+Work per request is bounded: the most patients (256) with a full window each is 256 x 20 x 9 =
+46,080 readings; :data:`MAX_READINGS` (100,000) leaves room for longer histories. 150,000
+readings (a 7 MB body) measured ~0.1 CPU-s and ~50 MB here, so the cap is a contract, not
+the only guard: the body limit bounds the rest.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from mlgate.errors import InvalidInput, Unprocessable
 
 __all__ = [
     "MAX_PATIENTS",
+    "MAX_READINGS",
     "SIGNS",
     "STATES",
     "STEP_MINUTES",
@@ -74,6 +81,7 @@ STATES: tuple[str, ...] = ("Arresto_Cardiaco", "Bajo_Gasto_Cardiaco", "Sano", "S
 WINDOW = 20
 STEP_MINUTES = 5
 MAX_PATIENTS = 256
+MAX_READINGS = 100_000
 MAX_ABS_VALUE = 1e6
 COLUMNS = ("idAtencion", "idSigno", "nomSigno", "valor", "fecRegistro")
 
@@ -190,6 +198,8 @@ def _columns(record: Any) -> tuple[list[PatientId], list[str], list[float], list
     n = len(names)
     if n == 0:
         raise Unprocessable("the record has no readings")
+    if n > MAX_READINGS:
+        raise InvalidInput(f"too many readings in one request: {n} (at most {MAX_READINGS})")
 
     def aligned(name: str) -> list[Any]:
         column_keys, column = _as_column(record[name], name)

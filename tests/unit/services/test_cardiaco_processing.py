@@ -15,6 +15,7 @@ from mlgate.errors import InvalidInput, MlgateError, Unprocessable
 from mlgate_services.cardiaco import generator
 from mlgate_services.cardiaco.processing import (
     MAX_PATIENTS,
+    MAX_READINGS,
     SIGNS,
     STATES,
     WINDOW,
@@ -370,6 +371,35 @@ def test_max_patients_default_is_enforced() -> None:
     assert len(record["valor"]) >= MAX_PATIENTS + 1
     with pytest.raises(Unprocessable, match=f"at most {MAX_PATIENTS}"):
         preprocess(record)
+
+
+def test_max_readings_is_a_clear_400_before_any_value_is_read() -> None:
+    n = MAX_READINGS + 1
+    record = {
+        "idAtencion": 1,
+        "nomSigno": ["MDC_TEMP"] * n,
+        "valor": ["not even a number"] * n,  # never read: the count is checked first
+        "fecRegistro": ["not a date"] * n,
+    }
+    with pytest.raises(
+        InvalidInput, match=f"too many readings in one request: {n} \\(at most {MAX_READINGS}\\)"
+    ) as info:
+        preprocess(record)
+    assert info.value.status == 400
+
+
+def test_the_largest_legitimate_request_fits_the_readings_cap() -> None:
+    # MAX_PATIENTS patients with a full window of the nine signs each, as list columns.
+    record = _readings(WINDOW)
+    rows = len(record["nomSigno"])
+    assert rows * MAX_PATIENTS <= MAX_READINGS
+    columns = {name: list(record[name].values()) for name in ("nomSigno", "valor", "fecRegistro")}
+    big = {
+        "idAtencion": [pid for pid in range(MAX_PATIENTS) for _ in range(rows)],
+        **{name: values * MAX_PATIENTS for name, values in columns.items()},
+    }
+    out = preprocess(big)
+    assert out.x.shape == (MAX_PATIENTS, WINDOW, len(SIGNS))
 
 
 def test_timezone_aware_dates_are_converted_to_utc() -> None:
