@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from mlgate.errors import IntegrityError, InvalidInput
+from mlgate.errors import IntegrityError, InvalidInput, register_private_path
 from mlgate.settings import S3Settings
 from mlgate.store import ArtifactStore, open_store, validate_key
 from mlgate.types import VersionInfo
@@ -48,6 +48,11 @@ class ArtifactCache:
     def __init__(self, root: Path, *, store: ArtifactStore, s3: S3Settings | None = None) -> None:
         self.root = Path(root)
         self._store = store
+        # Clients see "cache/<model>/<version>-<digest>/<file>" and "store", never these paths.
+        register_private_path(self.root, "cache")
+        store_root = getattr(store, "root", None)
+        if isinstance(store_root, Path):
+            register_private_path(store_root, "store")
         self._s3 = s3
         self._stores: dict[str, ArtifactStore] = {}
         # path -> (size, mtime_ns, sha256) of files verified by this process, to skip re-hashing.

@@ -9,6 +9,7 @@ resolves to, while requests already holding the old version finish on it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Mapping
@@ -19,7 +20,14 @@ import numpy as np
 
 from mlgate.batching import Batcher
 from mlgate.cache import ArtifactCache
-from mlgate.errors import InvalidInput, MlgateError, ModelLoadError, PredictionFailed
+from mlgate.errors import (
+    InvalidInput,
+    MlgateError,
+    ModelLoadError,
+    PredictionFailed,
+    exception_summary,
+    register_private_path,
+)
 from mlgate.repository import Repository
 from mlgate.runtimes import create_runtime
 from mlgate.runtimes.base import LoadContext, ModelRuntime
@@ -28,6 +36,8 @@ from mlgate.telemetry.metrics import Metrics, ModelMetrics
 from mlgate.types import Processor, VersionInfo
 
 __all__ = ["DataPlane", "LoadedModel", "Prediction"]
+
+log = logging.getLogger("mlgate.dataplane")
 
 
 @dataclass(slots=True)  # not frozen: one per request, and a frozen __init__ costs ~3x
@@ -65,6 +75,7 @@ class DataPlane:
         self.settings = settings
         self.repository = repository
         self.cache = cache
+        register_private_path(settings.data_dir, "data")  # clients see "data/…", never the path
         self.metrics = metrics
         self.processors = dict(processors or {})
         self._loaded: dict[tuple[str, int], LoadedModel] = {}
@@ -169,10 +180,14 @@ class DataPlane:
         started = time.perf_counter()
         try:
             runtime = await asyncio.to_thread(self._load_runtime, info)
-        except MlgateError:
+        except MlgateError as exc:
+            log.warning("could not load %s v%s: %s", info.model, info.version, exc, exc_info=exc)
             raise
         except Exception as exc:
-            raise ModelLoadError(f"could not load {info.model} v{info.version}: {exc}") from exc
+            log.warning("could not load %s v%s", info.model, info.version, exc_info=exc)
+            raise ModelLoadError(
+                f"could not load {info.model} v{info.version}: {exception_summary(exc)}"
+            ) from exc
         elapsed = time.perf_counter() - started
         metrics = self.metrics.for_model(info.model, info.version)
         batcher = Batcher(

@@ -34,10 +34,18 @@ services may render their own historical envelope instead).
     ├── LimiterUnavailable (503 limiter_unavailable)  limiter state unreachable (fail closed); ``retry_after``
     ├── NotReady (503 not_ready)
     └── PredictionTimeout (504 timeout)
+
+What a client sees is :func:`public_text` of a message: no absolute server paths (a registered
+root such as the store or the cache becomes its label, any other path its last part), no object
+addresses, no traceback. ``str(exc)`` keeps the full text for the server log;
+:func:`exception_summary` is the public one-line form of a library's exception.
 """
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
 from typing import Any, ClassVar
 
 __all__ = [
@@ -67,7 +75,77 @@ __all__ = [
     "Unprocessable",
     "UnsafeArtifact",
     "VersionNotFound",
+    "exception_summary",
+    "public_text",
+    "register_private_path",
 ]
+
+# -- public text ---------------------------------------------------------------------------------
+
+#: absolute root -> the label clients see instead (``store``, ``cache``, ``data``)
+_ROOTS: dict[str, str] = {}
+_roots_pattern: re.Pattern[str] | None = None
+#: an absolute path (optionally a file:// URI): starts after a non-path character
+_PATH = re.compile(r"(?:\bfile://|(?<![\w.:/~-]))(/[^\s'\"`()<>\[\]{},;:|*?]+)")
+_ADDRESS = re.compile(r"\s+at 0x[0-9a-fA-F]+|\b0x[0-9a-fA-F]{8,}\b")
+_TRACEBACK = re.compile(r"Traceback \(most recent call last\)|^\s*File \"", re.MULTILINE)
+_DATABASE_MODULES = ("sqlalchemy", "sqlite3", "psycopg", "psycopg2", "alembic")
+try:
+    _TOP_DIRS = frozenset(os.listdir("/"))
+except OSError:  # pragma: no cover
+    _TOP_DIRS = frozenset()
+
+
+def register_private_path(path: str | os.PathLike[str], label: str) -> None:
+    """Show ``path`` (and anything under it, also as a ``file://`` URI) to clients as ``label``."""
+    global _roots_pattern
+    root = str(Path(path).resolve()).rstrip("/")
+    if not root or _ROOTS.get(root) == label:
+        return
+    _ROOTS[root] = label
+    _roots_pattern = re.compile(
+        "(?:file://)?("
+        + "|".join(re.escape(r) for r in sorted(_ROOTS, key=len, reverse=True))
+        + ")(?=/|$|[^\\w.-])"
+    )
+
+
+def _elide(match: re.Match[str]) -> str:
+    parts = [p for p in match.group(1).split("/") if p]
+    # A path of this machine (/tmp/…, /home/…) or any path to a file (a library's /io/src/x.cpp);
+    # a route ("/v1/models/x") or a one-segment name is left alone.
+    if len(parts) < 2 or (parts[0] not in _TOP_DIRS and "." not in parts[-1].strip(".")):
+        return match.group(0)
+    return "…/" + parts[-1]
+
+
+def public_text(text: str) -> str:
+    """``text`` as a client may see it: registered roots as their labels (``cache/m/1-ab/model.onnx``),
+    other absolute paths of this machine as ``…/<last part>``, no ``at 0x…`` object addresses, and
+    nothing from a traceback on."""
+    if "/" not in text and "0x" not in text and "File" not in text and "Traceback" not in text:
+        return text  # the common case, checked cheaply
+    found = _TRACEBACK.search(text)
+    if found is not None:
+        text = text[: found.start()].rstrip() + " (details in the server log)"
+    if _roots_pattern is not None:
+        text = _roots_pattern.sub(lambda m: _ROOTS[m.group(1)], text)
+    text = _PATH.sub(_elide, text)
+    return _ADDRESS.sub("", text)
+
+
+def exception_summary(exc: BaseException, *, limit: int = 300) -> str:
+    """A library's exception for a client: its class name and the first line of its public text
+    (a database driver's only as "database error"), at most ``limit`` characters."""
+    module = type(exc).__module__.partition(".")[0]
+    if module in _DATABASE_MODULES:
+        return "database error (details in the server log)"
+    lines = [line.strip() for line in public_text(str(exc)).splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    if len(first) > limit:
+        first = first[: limit - 1] + "…"
+    name = type(exc).__name__
+    return f"{name}: {first}" if first else name
 
 
 class MlgateError(Exception):
@@ -77,15 +155,25 @@ class MlgateError(Exception):
     code: ClassVar[str] = "internal"
 
     def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(message)  # str(exc): the full text, for the server log
+        self.message = public_text(message)  # what clients see
         self.details = details or {}
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.details:
-            body["details"] = self.details
+            body["details"] = _public_value(self.details)
         return body
+
+
+def _public_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return public_text(value)
+    if isinstance(value, dict):
+        return {k: _public_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_public_value(v) for v in value]
+    return value
 
 
 class InvalidInput(MlgateError):

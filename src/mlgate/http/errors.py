@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from mlgate.errors import MlgateError
+from mlgate.errors import MlgateError, public_text
 from mlgate.http.exchange import CLIENT_CLOSED
 from mlgate.http.gateway import GatewayRejected
 from mlgate.http.jsonio import JSONResponse
@@ -47,6 +47,9 @@ def error_parts(exc: Exception, *, method: str, path: str) -> tuple[int, Any, di
     if isinstance(exc, GatewayRejected):
         return exc.status, exc.body, exc.headers
     if isinstance(exc, MlgateError):
+        if exc.status >= 500 and exc.args and exc.args[0] != exc.message:
+            # The client got the public text (no paths, no object reprs); the log gets the rest.
+            log.warning("%s %s answered %d: %s", method, path, exc.status, exc.args[0])
         return _mlgate_error(exc)
     if isinstance(exc, ClientDisconnect):  # the client left mid-body: nobody reads this, nothing to log
         return CLIENT_CLOSED, {"error": {"code": "client_closed", "message": "client closed the request"}}, {}
@@ -85,7 +88,7 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(
-            {"error": {"code": code, "message": str(exc.detail)}},
+            {"error": {"code": code, "message": public_text(str(exc.detail))}},
             status_code=exc.status_code,
             headers=exc.headers,
         )

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from mlgate.errors import ConfigurationError, InvalidInput, ModelLoadError
+from mlgate.errors import ConfigurationError, InvalidInput, ModelLoadError, exception_summary
 from mlgate.types import Manifest
 
 __all__ = ["LoadContext", "ModelRuntime", "import_optional", "numeric_array", "oip_datatype", "tensor_rows"]
@@ -204,4 +204,6 @@ def import_optional(module: str, *, extra: str) -> ModuleType:
 
 
 def load_failed(runtime: str, exc: BaseException) -> ModelLoadError:
-    return ModelLoadError(f"{runtime} runtime could not load the artifact: {exc}")
+    """The client's error for a library that could not load an artifact: the library's message
+    summarised (no paths, one line). Raise it ``from exc``: the data plane logs the whole chain."""
+    return ModelLoadError(f"{runtime} runtime could not load the artifact: {exception_summary(exc)}")

@@ -58,7 +58,10 @@ class PythonRuntime(ModelRuntime):
                 "python runtime needs params['class'] = 'package.module:ClassName' or a .py artifact"
             )
         if not isinstance(cls, type) or not callable(getattr(cls, "predict", None)):
-            raise ConfigurationError(f"{target or cls!r} is not a class with a predict(batch) method")
+            what = target or f"{ctx.artifact_path.name}'s {ctx.params.get('class_name', 'Model')}"
+            raise ConfigurationError(
+                f"{what} is not a class with a predict(batch) method (found {type(cls).__name__})"
+            )
         try:
             model = cls()
             if callable(getattr(model, "load", None)):

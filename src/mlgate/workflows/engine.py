@@ -203,7 +203,8 @@ class Interpreter:
             return self._end("ABORTED", "ExecutionAborted", None, error, cause)
         except Exception as exc:  # a bug of ours must not leave the execution running forever
             log.exception("workflow execution %s crashed", self.execution_id)
-            return self._end("FAILED", "ExecutionFailed", None, "States.Runtime", f"internal error: {exc!r}")
+            cause = f"internal error ({type(exc).__name__}); details in the server log"
+            return self._end("FAILED", "ExecutionFailed", None, "States.Runtime", cause)
         self.emit("ExecutionSucceeded", None, {"output": output})
         return ExecutionResult("SUCCEEDED", output, None, None)
 
