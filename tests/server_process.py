@@ -19,6 +19,10 @@ from tests.services import free_port
 ADMIN_KEY = "mlg_e2eadmin_" + "k" * 40
 
 
+#: A plan that never throttles the suites' load (created on each server's first start).
+ROOMY_PLAN = {"name": "roomy", "rate": 1_000_000, "burst": 1_000_000}
+
+
 @dataclass
 class ServerProcess:
     url: str
@@ -77,8 +81,12 @@ def run_server(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server not ready after {startup_timeout}s:\n{server.log()}")
             time.sleep(0.1)
+        # The suites' user key: on a plan that never throttles (every key is on a plan; the
+        # default one, the reference plan's 10/s, would throttle the tests' load).
+        admin = {"x-api-key": ADMIN_KEY}
+        httpx.post(f"{server.url}/v1/plans", json=ROOMY_PLAN, headers=admin, timeout=10.0)
         created = httpx.post(
-            f"{server.url}/v1/keys", json={"name": "e2e"}, headers={"x-api-key": ADMIN_KEY}, timeout=10.0
+            f"{server.url}/v1/keys", json={"name": "e2e", "plan": "roomy"}, headers=admin, timeout=10.0
         )
         if created.status_code == 201:
             server.api_key = created.json()["key"]

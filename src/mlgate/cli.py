@@ -238,10 +238,11 @@ def predict(
 
 
 def _print_keys(keys: list[dict[str, Any]]) -> None:
-    table = _table("id", "name", "role", "owner", "expires", "disabled")
+    table = _table("id", "name", "role", "owner", "plans", "expires", "disabled")
     for k in keys:
+        plans = ", ".join(f"{scope}: {plan}" for scope, plan in sorted((k.get("plans") or {}).items()))
         table.add_row(
-            k["id"], k["name"], k["role"], k["owner"] or "", k["expires_at"] or "", str(k["disabled"])
+            k["id"], k["name"], k["role"], k["owner"] or "", plans, k["expires_at"] or "", str(k["disabled"])
         )
     console.print(table)
 
@@ -339,11 +340,10 @@ def plans_usage(
     params = {k: v for k, v in {"key_id": key_id, "since": since, "until": until}.items() if v}
     with _client(url, api_key) as client:
         rows = _check(client.get("/v1/usage", params=params))["usage"]
-    table = _table("key", "day", "scope", "requests", "throttled", "errors")
+    table = _table("key", "day", "scope", "requests", "units", "throttled", "errors")
     for r in rows:
-        table.add_row(
-            r["key_id"], r["day"], r["scope"], str(r["requests"]), str(r["throttled"]), str(r["errors"])
-        )
+        counts = (r["requests"], r.get("units", r["requests"]), r["throttled"], r["errors"])
+        table.add_row(r["key_id"], r["day"], r["scope"], *(str(n) for n in counts))
     console.print(table)
 
 

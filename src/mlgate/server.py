@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mlgate.access.gate import Gate
+from mlgate.access.generation import AccessGeneration
 from mlgate.access.keys import KeyStore
 from mlgate.access.limiter import LimiterStorage, open_limiter_storage
-from mlgate.access.plans import PlanStore, ensure_reference_plan
+from mlgate.access.plans import UNMETERED_PLAN, PlanStore, ensure_builtin_plans
 from mlgate.access.tokens import TokenIssuer, check_secret, load_or_create_secret
 from mlgate.access.usage import UsageRecorder
 from mlgate.access.users import UserStore
@@ -95,9 +96,10 @@ class Server:
         store = open_store(settings.store_url, s3=settings.s3)
         cache = ArtifactCache(settings.cache_dir, store=store, s3=settings.s3)
         processors = {name: p for s in services for name, p in s.processors.items()}
-        keys = KeyStore(repository.engine)
-        users = UserStore(repository.engine)
-        plans = PlanStore(repository.engine, default_plan=settings.limiter.default_plan)
+        access = AccessGeneration(repository.engine)  # one per process: the access caches' validity
+        keys = KeyStore(repository.engine, generation=access)
+        users = UserStore(repository.engine, generation=access)
+        plans = PlanStore(repository.engine, default_plan=settings.limiter.default_plan, generation=access)
         limiter = open_limiter_storage(
             settings.limiter.url,
             engine=repository.engine,
@@ -136,8 +138,14 @@ class Server:
         )
 
     def bootstrap(self) -> None:
-        """Admin key, reference plan, bundled and URI-declared models (idempotent; every start)."""
+        """Plans, admin key, bundled and URI-declared models (idempotent; every start)."""
+        # The reference plan (rate 10, burst 10, 1,000 a month), the unmetered plan, and the
+        # default plan checked: it must exist and limit something.
+        ensure_builtin_plans(self.plans)
         created = self.keys.ensure_admin(configured=self.settings.admin_key)
+        if created is not None:
+            # The operator's own key is unmetered by an explicit attachment (``keys list`` shows it).
+            self.plans.attach(created.key.id, UNMETERED_PLAN)
         if created is not None and self.settings.admin_key is None:
             print(
                 "\n  mlgate: bootstrap admin key created. It is shown ONCE and stored only as a hash:\n"
@@ -146,7 +154,6 @@ class Server:
                 file=sys.stderr,
                 flush=True,
             )
-        ensure_reference_plan(self.plans)  # rate 10, burst 10, 1,000 a month: the reference deployment
         for service in self.services:
             for bundled in service.models:
                 self.registrar.register_bundled(bundled)
@@ -188,6 +195,7 @@ class Server:
                 dataplane=self.dataplane,
                 metrics=self.metrics,
                 services=self.services,
+                settings=self.settings.workflows,
             )
             workflows.deploy_bundled([w for s in self.services for w in s.workflows])
             self.workflows = workflows

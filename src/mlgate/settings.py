@@ -72,6 +72,14 @@ class AuthSettings(BaseModel):
     open_signup: bool = Field(
         default=True, description="POST /auth/create_user without admin rights (role 'user' only)"
     )
+    password_hashes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="password hashes (argon2: ~0.15 CPU-s, 64 MB each) computed at once per process, "
+        "for logins and sign-ups; more waiting than 16 per slot get 503 + Retry-After, so guessing "
+        "cannot take the cores from serving",
+    )
 
 
 class LimiterSettings(BaseModel):
@@ -87,7 +95,12 @@ class LimiterSettings(BaseModel):
         default="closed",
         description="Redis unreachable: closed = 503 for keyed calls; open = admit, capped per process",
     )
-    default_plan: str | None = Field(default=None, description="plan for keys with no plan attached")
+    default_plan: str = Field(
+        default="reference",
+        min_length=1,
+        description="plan governing every key, and every user calling with a token, that has no plan "
+        "attached (it must limit something: nothing that runs a model is unmetered by default)",
+    )
     usage_flush_s: float = Field(
         default=1.0, gt=0, le=60, description="usage counters are written this often"
     )
@@ -110,6 +123,29 @@ class CorsSettings(BaseModel):
         if self.allow_credentials and "*" in self.origins:
             raise ValueError("CORS: a wildcard origin cannot be combined with allow_credentials")
         return self
+
+
+class WorkflowSettings(BaseModel):
+    """Workflow limits and history retention (docs/workflows.md)."""
+
+    max_payload_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        description="largest execution input and state input/output, as UTF-8 JSON (Step Functions' "
+        "256 KiB): a larger start is a 413, a larger state fails its execution with States.DataLimitExceeded",
+    )
+    history_max_age_days: float = Field(
+        default=30.0, ge=0, description="finished executions started longer ago are deleted (0: kept forever)"
+    )
+    history_max_executions_per_workflow: int = Field(
+        default=10_000,
+        ge=0,
+        description="executions kept per workflow; the oldest finished ones go first, never a RUNNING one "
+        "(0: no cap)",
+    )
+    purge_interval_s: float = Field(
+        default=3600.0, ge=0.1, description="how often each server process applies the retention"
+    )
 
 
 class HttpSettings(BaseModel):
@@ -230,6 +266,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limiter: LimiterSettings = Field(default_factory=LimiterSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
+    workflows: WorkflowSettings = Field(default_factory=WorkflowSettings)
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

@@ -381,6 +381,7 @@ def test_record_flush_report(engine: sa.Engine) -> None:
             "requests": 4,
             "throttled": 1,
             "errors": 1,
+            "units": 4,
         },
         {
             "key_id": "k1",
@@ -389,8 +390,17 @@ def test_record_flush_report(engine: sa.Engine) -> None:
             "requests": 1,
             "throttled": 0,
             "errors": 0,
+            "units": 1,
         },
-        {"key_id": "k2", "day": "2026-03-04", "scope": "/prod", "requests": 1, "throttled": 0, "errors": 0},
+        {
+            "key_id": "k2",
+            "day": "2026-03-04",
+            "scope": "/prod",
+            "requests": 1,
+            "throttled": 0,
+            "errors": 0,
+            "units": 1,
+        },
     ]
     assert usage.report() == expected
     assert UsageRecorder(engine).report() == expected  # from the database alone

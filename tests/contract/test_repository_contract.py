@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import inspect, text
 
 from mlgate.db import create_engine_for, upgrade
@@ -347,7 +348,7 @@ def test_migration_is_idempotent(database_url: str) -> None:
     engine = create_engine_for(database_url)
     try:
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0003"]
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0004"]
             assert conn.execute(text("SELECT id, generation FROM registry_state")).all() == [(1, 0)]
     finally:
         engine.dispose()
@@ -368,3 +369,83 @@ def test_concurrent_migrations(database_url: str) -> None:
 def test_open_without_migrate_does_not_touch_schema(database_url: str) -> None:
     Repository.open(database_url, migrate=False).close()
     assert table_names(database_url) == set()
+
+
+def test_0004_keeps_existing_admin_keys_unmetered_explicitly_and_scopes_names_by_owner(
+    database_url: str,
+) -> None:
+    """Upgrading a 0003 database: admin keys without a plan get the explicit ``unmetered`` one
+    (nothing changes for them), user keys stay on the default plan, lineage and units are
+    filled, execution names become unique per owner; and the downgrade goes back."""
+    from alembic import command
+
+    from mlgate.db.migrate import alembic_config
+
+    upgrade(database_url, revision="0003")
+    engine = create_engine_for(database_url)
+    try:
+        with engine.begin() as conn:
+            for key_id, role in (("a0000001", "admin"), ("u0000001", "user")):
+                conn.execute(
+                    text(
+                        "INSERT INTO api_keys (id, prefix, key_hash, name, role, created_at, disabled) "
+                        "VALUES (:id, :id, 'h', 'k', :role, CURRENT_TIMESTAMP, false)"
+                    ),
+                    {"id": key_id, "role": role},
+                )
+            conn.execute(
+                text(
+                    "INSERT INTO workflows (name, definition, description, revision, created_at, updated_at) "
+                    "VALUES ('w', '{}', '', 1, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO executions (id, workflow, name, revision, status, input, owner, started_at) "
+                    "VALUES ('e0', 'w', 'nightly', 1, 'SUCCEEDED', '{}', 'ana', CURRENT_TIMESTAMP)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO execution_events (execution_id, seq, type, timestamp, details) "
+                    "VALUES ('e0', 1, 'ExecutionStarted', CURRENT_TIMESTAMP, '{}')"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO usage_daily (key_id, day, scope, requests, throttled, errors) "
+                    "VALUES ('u0000001', '2026-12-01', 'm', 7, 0, 1)"
+                )
+            )
+        upgrade(database_url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT key_id, scope, plan FROM key_plans")).all() == [
+                ("a0000001", "*", "unmetered")
+            ]
+            assert dict(conn.execute(text("SELECT id, lineage FROM api_keys")).all()) == {
+                "a0000001": "a0000001",
+                "u0000001": "u0000001",
+            }
+            assert conn.execute(text("SELECT requests, units FROM usage_daily")).all() == [(7, 7)]
+        with engine.begin() as conn:  # the name ana used, now another owner's too
+            conn.execute(
+                text(
+                    "INSERT INTO executions (id, workflow, name, revision, status, input, owner, started_at) "
+                    "VALUES ('e1', 'w', 'nightly', 1, 'SUCCEEDED', '{}', 'eve', CURRENT_TIMESTAMP)"
+                )
+            )
+        with pytest.raises(sa_exc.IntegrityError), engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO executions (id, workflow, name, revision, status, input, owner, started_at) "
+                    "VALUES ('e9', 'w', 'nightly', 1, 'SUCCEEDED', '{}', 'ana', CURRENT_TIMESTAMP)"
+                )
+            )
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM executions WHERE owner = 'eve'"))  # the old rule holds again
+            command.downgrade(alembic_config(conn), "0003")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0003"]
+            assert conn.execute(text("SELECT count(*) FROM execution_events")).scalar_one() == 1
+    finally:
+        engine.dispose()

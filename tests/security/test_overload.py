@@ -247,7 +247,7 @@ def _serve(path: Path, env: dict[str, str], *, sleepy: bool) -> Iterator[Target]
     services = () if sleepy else ("temperatura",)
     with start_server(path, env=env, services=services, sleepy=sleepy, sleepy_concurrency=1) as server:
         with admin(server) as c:
-            key = create_key(c)["key"]
+            key = create_key(c, plan="roomy")["key"]  # the harness's plan that never throttles
         if sleepy:
             body = json.dumps({"sleep": 0.005}).encode()
             yield Target(server.url, key, PREDICT_PATH, body, server.process.pid)

@@ -101,31 +101,31 @@ def test_disable_elsewhere_is_seen_within_ttl(tmp_path: Path) -> None:
     here = KeyStore(engine, monotonic=ticker)
     elsewhere = KeyStore(engine)
     new = here.create(name="svc")
-    assert here.verify_cached(new.secret, ttl=2.0) is not None
+    assert here.verify_cached(new.secret) is not None
     elsewhere.set_disabled(new.key.id, True)
     assert here.verify(new.secret) is None  # the uncached path sees it at once
-    ticker.now += 1.9
-    assert here.verify_cached(new.secret, ttl=2.0) is not None  # documented delay
+    ticker.now += 4.9
+    assert here.verify_cached(new.secret) is not None  # documented delay: the generation's ttl (5 s)
     ticker.now += 0.2
-    assert here.verify_cached(new.secret, ttl=2.0) is None
-    assert here.verify_cached(new.secret, ttl=0) is None  # ttl 0: no cache
+    assert here.verify_cached(new.secret) is None
+    assert here.verify_cached(new.secret, cache=False) is None
 
 
 def test_own_writes_invalidate_the_cache(tmp_path: Path) -> None:
     keys = _store(tmp_path)
     new = keys.create(name="svc")
-    assert keys.verify_cached(new.secret, ttl=3600) is not None
+    assert keys.verify_cached(new.secret) is not None
     keys.set_disabled(new.key.id, True)
-    assert keys.verify_cached(new.secret, ttl=3600) is None
+    assert keys.verify_cached(new.secret) is None
     keys.set_disabled(new.key.id, False)
-    assert keys.verify_cached(new.secret, ttl=3600) is not None
+    assert keys.verify_cached(new.secret) is not None
     keys.set_expiry(new.key.id, datetime.now(UTC) - timedelta(seconds=1))
-    assert keys.verify_cached(new.secret, ttl=3600) is None
+    assert keys.verify_cached(new.secret) is None
     keys.set_expiry(new.key.id, None)
-    assert keys.verify_cached(new.secret, ttl=3600) is not None
+    assert keys.verify_cached(new.secret) is not None
     rotated = keys.rotate(new.key.id)
-    assert keys.verify_cached(new.secret, ttl=3600) is None
-    assert keys.verify_cached(rotated.secret, ttl=3600) is not None
+    assert keys.verify_cached(new.secret) is None
+    assert keys.verify_cached(rotated.secret) is not None
 
 
 def test_unknown_secrets_are_not_cached(tmp_path: Path) -> None:
@@ -152,9 +152,9 @@ def test_expiry_is_exact_even_when_cached(tmp_path: Path) -> None:
     moment = [datetime(2026, 3, 4, 12, tzinfo=UTC)]
     keys = KeyStore(_store(tmp_path)._engine, clock=lambda: moment[0])
     new = keys.create(name="svc", expires_at=moment[0] + timedelta(seconds=10))
-    assert keys.verify_cached(new.secret, ttl=3600) is not None
+    assert keys.verify_cached(new.secret) is not None
     moment[0] += timedelta(seconds=10)
-    assert keys.verify_cached(new.secret, ttl=3600) is None
+    assert keys.verify_cached(new.secret) is None
 
 
 def test_rotate_refuses_bad_grace(tmp_path: Path) -> None:

@@ -7,7 +7,11 @@ in listings and logs), the secret has 256 bits of entropy, so a fast hash is eno
 a BLAKE2b of the secret under a random per-process salt.
 
 Keys can be disabled, given an expiry, and rotated (a new key with the same name, role,
-owner and plan attachments; the old one disabled at once or after a grace period).
+owner, plan attachments and *lineage* — the first key of the chain, whose budget an
+ownerless key keeps —; the old one disabled at once or after a grace period). A key whose
+owner is disabled does not verify: disabling a user revokes every key they have,
+in this process at once (:meth:`KeyStore.invalidate_owner`) and in others within the cache
+ttl.
 
 Example::
 
@@ -37,8 +41,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from mlgate.access.generation import AccessGeneration
+from mlgate.access.usage import user_subject
 from mlgate.db.engine import write_tx
-from mlgate.db.tables import api_keys, key_plans
+from mlgate.db.tables import api_keys, key_plans, users
 from mlgate.errors import Conflict, InvalidInput, NotFound
 
 __all__ = ["MAX_GRACE_SECONDS", "ROLES", "ApiKey", "KeyStore", "NewKey", "hash_key"]
@@ -46,8 +52,9 @@ __all__ = ["MAX_GRACE_SECONDS", "ROLES", "ApiKey", "KeyStore", "NewKey", "hash_k
 ROLES = ("admin", "user")
 #: Longest grace period :meth:`KeyStore.rotate` accepts (30 days).
 MAX_GRACE_SECONDS = 30 * 24 * 3600
-#: Entries of the in-process verification cache (least recently fetched evicted first).
-_CACHE_MAX = 4096
+#: Entries of the in-process verification cache (least recently used evicted first): ~200 bytes
+#: each, so 65,536 keys in rotation cost ~13 MB and never a database read per request.
+_CACHE_MAX = 65_536
 _NAME_MAX = 128
 _OWNER_MAX = 64  # users.username
 
@@ -61,10 +68,22 @@ class ApiKey:
     created_at: datetime
     expires_at: datetime | None
     disabled: bool
+    #: the id of the first key of its rotation chain (itself for a key never rotated)
+    lineage: str = ""
+    #: False when the key's owner is disabled (read by verification)
+    owner_active: bool = True
 
     def active_at(self, moment: datetime) -> bool:
-        """Whether the key is usable at ``moment`` (not disabled, not expired)."""
-        return not self.disabled and (self.expires_at is None or self.expires_at > moment)
+        """Whether the key is usable at ``moment`` (not disabled, not expired, owner active)."""
+        return (
+            not self.disabled and self.owner_active and (self.expires_at is None or self.expires_at > moment)
+        )
+
+    @property
+    def budget(self) -> str:
+        """Whose budget the key spends: its owner's (``user:<name>``, shared with the owner's other
+        keys and tokens) or, for an ownerless key, its lineage's (so rotation mints nothing)."""
+        return user_subject(self.owner) if self.owner else f"key:{self.lineage or self.id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,14 +112,14 @@ def _utcnow() -> datetime:
 @dataclass(slots=True)
 class _CacheEntry:
     key: ApiKey
-    fetched: float  # monotonic seconds
+    generation: tuple[int, int]  # the access generation it was read under
 
 
 class KeyStore:
     """Keys in the registry database, with a small in-process cache for the hot path.
 
-    ``clock`` (aware UTC ``datetime``) decides expiry; ``monotonic`` times the cache. Both
-    are injectable for tests.
+    ``clock`` (aware UTC ``datetime``) decides expiry; ``monotonic`` times the access
+    generation's reads (:mod:`mlgate.access.generation`). Both are injectable for tests.
     """
 
     def __init__(
@@ -109,10 +128,11 @@ class KeyStore:
         *,
         clock: Callable[[], datetime] = _utcnow,
         monotonic: Callable[[], float] = time.monotonic,
+        generation: AccessGeneration | None = None,
     ) -> None:
         self._engine = engine
         self._clock = clock
-        self._monotonic = monotonic
+        self._access = generation if generation is not None else AccessGeneration(engine, monotonic=monotonic)
         self._cache: OrderedDict[bytes, _CacheEntry] = OrderedDict()
         self._salt = os.urandom(32)
         self._cache_lock = threading.Lock()
@@ -187,33 +207,36 @@ class KeyStore:
         key = self._lookup(secret, hash_key(secret))
         return key if key is not None and key.active_at(self._clock()) else None
 
-    def verify_cached(self, secret: str, *, ttl: float = 5.0) -> ApiKey | None:
-        """:meth:`verify` with the key's row cached in this process for ``ttl`` seconds.
+    def verify_cached(self, secret: str, *, cache: bool = True) -> ApiKey | None:
+        """:meth:`verify` with the key's row cached in this process while nothing changed.
 
         Keyed by a salted BLAKE2b of the secret (the secret itself is never kept; the salt is
-        random per process). Expiry is
-        checked on every call against the clock, so an expiry is exact; a disable, a new
-        expiry or a rotation made through *this* store takes effect at once, while one
-        made by another process is seen here within ``ttl`` seconds. Unknown secrets are
-        not cached (random guesses must not fill memory). ``ttl <= 0`` disables the cache.
+        random per process). An entry stays valid while the access generation it was read
+        under is current: a disable, a new expiry, a rotation or the owner's disable made
+        through *this* process takes effect at once, one made by another process within the
+        generation's ttl (5 s). Expiry is checked on every call against the clock, so it is
+        exact. Unknown secrets are not cached (random guesses must not fill memory).
+        ``cache=False`` reads the database.
         """
-        if ttl <= 0:
+        if not cache:
             return self.verify(secret)
         token = self._cache_token(secret)
-        now = self._monotonic()
+        current = self._access.current()
         with self._cache_lock:
             entry = self._cache.get(token)
             generation = self._generation
-        if entry is not None and now - entry.fetched < ttl:
+            if entry is not None and entry.generation == current:
+                self._cache.move_to_end(token)
+        if entry is not None and entry.generation == current:
             key: ApiKey | None = entry.key
         else:
             key = self._lookup(secret, hash_key(secret))
             if key is not None:
                 with self._cache_lock:
                     if generation == self._generation:
-                        self._cache[token] = _CacheEntry(key, now)
+                        self._cache[token] = _CacheEntry(key, current)
                         self._cache.move_to_end(token)
-                        while len(self._cache) > _CACHE_MAX:
+                        if len(self._cache) > _CACHE_MAX:
                             self._cache.popitem(last=False)
         return key if key is not None and key.active_at(self._clock()) else None
 
@@ -265,6 +288,7 @@ class KeyStore:
                 owner=old.owner,
                 expires_at=old.expires_at,
                 now=now,
+                lineage=old.lineage or old.id,
             )
             attached = conn.execute(
                 sa.select(key_plans.c.scope, key_plans.c.plan).where(key_plans.c.key_id == key_id)
@@ -282,6 +306,7 @@ class KeyStore:
                     until = min(until, old.expires_at)
                 values = {"expires_at": until}
             conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(**values))
+            self._access.bump(conn)
         self._invalidate(key_id)
         return new
 
@@ -293,19 +318,29 @@ class KeyStore:
             if result.rowcount == 0:
                 raise NotFound(f"no API key with id {key_id!r}", details={"key_id": key_id})
             row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).one()
+            self._access.bump(conn)
         self._invalidate(key_id)
         return _from_row(row)
 
-    def _invalidate(self, key_id: str) -> None:
+    def invalidate_owner(self, owner: str) -> None:
+        """Forget the cached keys of ``owner`` (their user was disabled or enabled through a
+        store that does not share this one's access generation): re-read on their next call."""
         with self._cache_lock:
             self._generation += 1
-            for digest in [d for d, e in self._cache.items() if e.key.id == key_id]:
+            for digest in [d for d, e in self._cache.items() if e.key.owner == owner]:
                 del self._cache[digest]
 
+    def _invalidate(self, key_id: str) -> None:
+        self._access.changed()
+        with self._cache_lock:
+            self._generation += 1
+
     def _lookup(self, secret: str, digest: str) -> ApiKey | None:
-        """The key row matching ``secret`` whatever its state, or None if unknown."""
+        """The key row matching ``secret`` whatever its state (with its owner's), or None if unknown."""
         prefix = _parse(secret)
-        query = sa.select(api_keys)
+        query = sa.select(api_keys, users.c.disabled.label("owner_disabled")).select_from(
+            api_keys.outerjoin(users, users.c.username == api_keys.c.owner)
+        )
         query = (
             query.where(api_keys.c.prefix == prefix) if prefix else query.where(api_keys.c.key_hash == digest)
         )
@@ -313,14 +348,25 @@ class KeyStore:
             row = conn.execute(query).first()
         if row is None or not hmac.compare_digest(row.key_hash, digest):
             return None
-        return _from_row(row)
+        # a disabled owner revokes the key
+        return _from_row(row, owner_active=not row.owner_disabled)
 
 
-def _from_row(row: sa.Row[Any]) -> ApiKey:
+def _from_row(row: sa.Row[Any], *, owner_active: bool = True) -> ApiKey:
     expires = row.expires_at
     if expires is not None and expires.tzinfo is None:
         expires = expires.replace(tzinfo=UTC)
-    return ApiKey(row.id, row.name, row.role, row.owner, row.created_at, expires, bool(row.disabled))
+    return ApiKey(
+        row.id,
+        row.name,
+        row.role,
+        row.owner,
+        row.created_at,
+        expires,
+        bool(row.disabled),
+        row.lineage or row.id,
+        owner_active,
+    )
 
 
 def _check_text(value: object, what: str, max_len: int) -> None:
@@ -344,6 +390,7 @@ def _insert(
     owner: str | None,
     expires_at: datetime | None,
     now: datetime,
+    lineage: str | None = None,
 ) -> NewKey:
     prefix = _parse(secret) if secret else None
     if prefix is None:
@@ -365,6 +412,7 @@ def _insert(
             created_at=now,
             expires_at=expires_at,
             disabled=False,
+            lineage=lineage or prefix,
         )
     )
-    return NewKey(ApiKey(prefix, name, role, owner, now, expires_at, False), secret)
+    return NewKey(ApiKey(prefix, name, role, owner, now, expires_at, False, lineage or prefix), secret)

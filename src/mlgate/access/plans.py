@@ -3,13 +3,18 @@
 A plan throttles with a token bucket (``rate`` tokens refilled per second, ``burst`` =
 capacity) and/or caps requests per ``DAY``/``WEEK``/``MONTH`` (``quota_limit``). Plans are
 attached to API keys globally (scope ``"*"``) or for one model or route (scope = the model's
-name or the route's path); :meth:`PlanStore.plan_for` picks the most specific one, else the
-server's default plan (``MLGATE_LIMITER__DEFAULT_PLAN``), else no plan (unlimited).
+name or the route's path); :meth:`PlanStore.governing` picks the most specific one (the
+route's, then the model's, then the global one), else the server's default plan
+(``MLGATE_LIMITER__DEFAULT_PLAN``, the ``reference`` plan unless configured). Nothing that
+runs a model is unmetered by accident: a plan with neither a rate nor a quota (``unmetered``,
+created on first start) may only be attached to an admin key — an explicit choice that
+``keys list`` shows — and can never be the default plan.
 Enforcement lives in the limiter; this module only says which limits apply.
 
 ``plan_for`` is on the hot path, so plans and each key's attachments are cached in the
-process for ``cache_ttl`` seconds (default 5). A write through this store invalidates its
-cache at once; a change made by another process is seen here within ``cache_ttl``.
+process while the access generation does not move (:mod:`mlgate.access.generation`). A
+write through this store invalidates its cache at once; a change made by another process
+is seen here within the generation's ttl (``cache_ttl``, default 5 s).
 
 Example::
 
@@ -28,6 +33,7 @@ import re
 import threading
 import time
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast
@@ -36,6 +42,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
+from mlgate.access.generation import AccessGeneration
 from mlgate.db.engine import write_tx
 from mlgate.db.tables import api_keys, key_plans, usage_plans, utcnow
 from mlgate.errors import ConfigurationError, Conflict, InvalidInput, NotFound
@@ -44,9 +51,11 @@ __all__ = [
     "GLOBAL_SCOPE",
     "PERIODS",
     "REFERENCE_PLAN",
+    "UNMETERED_PLAN",
     "Period",
     "Plan",
     "PlanStore",
+    "ensure_builtin_plans",
     "ensure_reference_plan",
 ]
 
@@ -58,6 +67,8 @@ _MAX_OFFSET: dict[str, int] = {"DAY": 0, "WEEK": 6, "MONTH": 27}
 GLOBAL_SCOPE = "*"
 #: Name of the reference deployment's plan (SPEC §3.1).
 REFERENCE_PLAN = "reference"
+#: The plan without limits, for admin keys only (attached explicitly; shown by ``keys list``).
+UNMETERED_PLAN = "unmetered"
 
 # Matched with fullmatch (``$`` would accept a trailing newline).
 _PLAN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -68,8 +79,9 @@ _MAX_BURST = 2**31 - 1
 _MAX_QUOTA = 2**63 - 1
 _MAX_DESCRIPTION = 1024
 _FIELDS = frozenset({"rate", "burst", "quota_limit", "quota_period", "quota_offset", "description"})
-#: Keys whose attachments are cached at once (the cache is cleared when it grows past this).
-_ATTACHMENT_CACHE_MAX = 10_000
+#: Keys whose attachments are cached at once (least recently used evicted first).
+_ATTACHMENT_CACHE_MAX = 65_536
+_NONE: dict[str, str] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +99,11 @@ class Plan:
     quota_period: Period | None
     quota_offset: int
     description: str
+
+    @property
+    def metered(self) -> bool:
+        """Whether the plan limits anything (a rate or a quota)."""
+        return self.rate is not None or self.quota_limit is not None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,15 +124,20 @@ class PlanStore:
         default_plan: str | None = None,
         cache_ttl: float = 5.0,
         monotonic: Callable[[], float] = time.monotonic,
+        generation: AccessGeneration | None = None,
     ) -> None:
         self._engine = engine
         self._default = default_plan
         self._ttl = cache_ttl
-        self._monotonic = monotonic
+        self._access = (
+            generation
+            if generation is not None
+            else AccessGeneration(engine, ttl=cache_ttl, monotonic=monotonic)
+        )
         self._lock = threading.Lock()
         self._generation = 0
-        self._plans: tuple[float, dict[str, Plan]] | None = None
-        self._attached: dict[str, tuple[float, dict[str, str]]] = {}
+        self._plans: tuple[tuple[int, int], dict[str, Plan]] | None = None
+        self._attached: OrderedDict[str, tuple[tuple[int, int], dict[str, str]]] = OrderedDict()
 
     @property
     def default_plan(self) -> str | None:
@@ -184,7 +206,10 @@ class PlanStore:
                 merged["quota_offset"] = 0
             merged.update(fields)
             plan = _validated(name, **merged)
+            if not plan.metered:
+                _refuse_unmetered_for_users(conn, plan.name)
             conn.execute(usage_plans.update().where(usage_plans.c.name == name).values(**_columns(plan)))
+            self._access.bump(conn)
         self._invalidate()
         return plan
 
@@ -222,6 +247,7 @@ class PlanStore:
                         details={"plan": name, "attachments": used},
                     )
                 conn.execute(usage_plans.delete().where(usage_plans.c.name == name))
+                self._access.bump(conn)
         except sa_exc.IntegrityError as exc:  # attached concurrently (the foreign key refused)
             raise Conflict(f"usage plan {name!r} is attached to a key", details={"plan": name}) from exc
         self._invalidate()
@@ -235,9 +261,17 @@ class PlanStore:
             with write_tx(self._engine) as conn:
                 if conn.execute(sa.select(api_keys.c.id).where(api_keys.c.id == key_id)).first() is None:
                     raise NotFound(f"no API key with id {key_id!r}", details={"key_id": key_id})
-                if _plan_row(conn, plan, lock="share") is None:
+                row = _plan_row(conn, plan, lock="share")
+                if row is None:
                     raise NotFound(f"no usage plan {plan!r}", details={"plan": plan})
+                role = conn.execute(sa.select(api_keys.c.role).where(api_keys.c.id == key_id)).scalar_one()
+                if not _from_row(row).metered and role != "admin":
+                    raise InvalidInput(
+                        f"usage plan {plan!r} has no limits: only an admin key may be unmetered",
+                        details={"plan": plan, "key_id": key_id},
+                    )
                 conn.execute(_upsert_attachment(conn, key_id=key_id, scope=scope, plan=plan))
+                self._access.bump(conn)
         except sa_exc.IntegrityError as exc:  # the plan was deleted concurrently
             raise NotFound(f"no usage plan {plan!r}", details={"plan": plan}) from exc
         self._invalidate()
@@ -248,6 +282,7 @@ class PlanStore:
             result = conn.execute(
                 key_plans.delete().where(key_plans.c.key_id == key_id, key_plans.c.scope == scope)
             )
+            self._access.bump(conn)
         self._invalidate()
         if result.rowcount == 0:
             raise NotFound(
@@ -260,24 +295,28 @@ class PlanStore:
         with self._engine.connect() as conn:
             return _load_attachments(conn, key_id)
 
-    def plan_for(self, key_id: str, scope: str) -> Plan | None:
+    def plan_for(self, key_id: str, scope: str, route: str | None = None) -> Plan | None:
         """The plan governing ``key_id`` on ``scope`` (hot path, cached for ``cache_ttl``).
 
-        The plan attached for ``scope``, else the one for ``"*"``, else the default plan,
-        else None (unlimited).
+        The plan attached for ``route`` (the request's path), else for ``scope`` (the
+        model), else for ``"*"``, else the default plan, else None (unlimited).
         """
-        return self.governing(key_id, scope)[0]
+        return self.governing(key_id, scope, route)[0]
 
-    def governing(self, key_id: str, scope: str) -> tuple[Plan | None, str]:
+    def governing(self, key_id: str | None, scope: str, route: str | None = None) -> tuple[Plan | None, str]:
         """:meth:`plan_for` plus the attachment scope it came from (cached, hot path).
 
-        The second item is ``scope`` when a plan is attached for it, else ``"*"`` (the
-        global attachment, the default plan, or no plan): the limiter keys its buckets and
-        quota counters by it, so one global plan is one budget across models.
+        The second item is ``route`` or ``scope`` when a plan is attached for it, else
+        ``"*"`` (the global attachment, the default plan, or no plan): the limiter keys its
+        buckets and quota counters by it, so one global plan is one budget across models.
+        ``key_id`` None: a user calling with a token (the default plan).
         """
-        attached = self._cached_attachments(key_id)
-        if scope in attached:
-            name: str | None = attached[scope]
+        attached = self._cached_attachments(key_id) if key_id is not None else _NONE
+        if route is not None and route in attached:
+            name: str | None = attached[route]
+            source = route
+        elif scope in attached:
+            name = attached[scope]
             source = scope
         else:
             name = attached.get(GLOBAL_SCOPE, self._default)
@@ -295,58 +334,102 @@ class PlanStore:
     # -- cache ----------------------------------------------------------------------------
 
     def _invalidate(self) -> None:
+        self._access.changed()
         with self._lock:
             self._generation += 1
             self._plans = None
-            self._attached.clear()
 
     def _cached_attachments(self, key_id: str) -> dict[str, str]:
-        now = self._monotonic()
+        current = self._access.current() if self._ttl > 0 else None
         with self._lock:
             entry = self._attached.get(key_id)
             generation = self._generation
-        if entry is not None and now - entry[0] < self._ttl:
-            return entry[1]
+            if entry is not None and entry[0] == current:
+                self._attached.move_to_end(key_id)
+                return entry[1]
         with self._engine.connect() as conn:
             attached = _load_attachments(conn, key_id)
         with self._lock:
-            if generation == self._generation and self._ttl > 0:
-                if len(self._attached) >= _ATTACHMENT_CACHE_MAX:
-                    self._attached.clear()
-                self._attached[key_id] = (now, attached)
+            if generation == self._generation and current is not None:
+                self._attached[key_id] = (current, attached)
+                self._attached.move_to_end(key_id)
+                if len(self._attached) > _ATTACHMENT_CACHE_MAX:
+                    self._attached.popitem(last=False)  # the least recently used
         return attached
 
     def _cached_plans(self, *, refresh: bool = False) -> dict[str, Plan]:
-        now = self._monotonic()
+        current = self._access.current() if self._ttl > 0 else None
         with self._lock:
             entry = self._plans
             generation = self._generation
-        if not refresh and entry is not None and now - entry[0] < self._ttl:
+        if not refresh and entry is not None and entry[0] == current:
             return entry[1]
         plans = {plan.name: plan for plan in self.list()}
         with self._lock:
-            if generation == self._generation and self._ttl > 0:
-                self._plans = (now, plans)
+            if generation == self._generation and current is not None:
+                self._plans = (current, plans)
         return plans
 
 
 def ensure_reference_plan(store: PlanStore) -> Plan:
     """The reference deployment's plan (rate 10, burst 10, 1,000 per MONTH), created if absent."""
+    return _ensure(
+        store,
+        REFERENCE_PLAN,
+        rate=10,
+        burst=10,
+        quota_limit=1000,
+        quota_period="MONTH",
+        description="reference deployment: 10 requests/s, burst 10, 1,000 requests per month",
+    )
+
+
+def ensure_builtin_plans(store: PlanStore) -> None:
+    """On every start: the reference plan, the ``unmetered`` plan (admin keys only), and a check
+    that the default plan exists and limits something (fail closed: :class:`ConfigurationError`)."""
+    ensure_reference_plan(store)
+    _ensure(store, UNMETERED_PLAN, description="no limits: only for admin keys, by explicit choice")
+    name = store.default_plan
+    if name is None:
+        return
     try:
-        return store.get(REFERENCE_PLAN)
+        plan = store.get(name)
+    except NotFound:
+        raise ConfigurationError(
+            f"the default usage plan {name!r} does not exist (MLGATE_LIMITER__DEFAULT_PLAN)",
+            details={"plan": name},
+        ) from None
+    if not plan.metered:
+        raise ConfigurationError(
+            f"the default usage plan {name!r} has no limits: every key would be unmetered "
+            "(MLGATE_LIMITER__DEFAULT_PLAN must name a plan with a rate or a quota)",
+            details={"plan": name},
+        )
+
+
+def _ensure(store: PlanStore, name: str, **fields: Any) -> Plan:
+    try:
+        return store.get(name)
     except NotFound:
         pass
     try:
-        return store.create(
-            REFERENCE_PLAN,
-            rate=10,
-            burst=10,
-            quota_limit=1000,
-            quota_period="MONTH",
-            description="reference deployment: 10 requests/s, burst 10, 1,000 requests per month",
-        )
+        return store.create(name, **fields)
     except Conflict:  # another process created it first
-        return store.get(REFERENCE_PLAN)
+        return store.get(name)
+
+
+def _refuse_unmetered_for_users(conn: sa.Connection, plan: str) -> None:
+    """A plan may lose all its limits only while no non-admin key is attached to it."""
+    users = conn.execute(
+        sa.select(sa.func.count())
+        .select_from(key_plans.join(api_keys, api_keys.c.id == key_plans.c.key_id))
+        .where(key_plans.c.plan == plan, api_keys.c.role != "admin")
+    ).scalar_one()
+    if users:
+        raise InvalidInput(
+            f"usage plan {plan!r} governs {users} non-admin key scope(s): it must keep a rate or a quota",
+            details={"plan": plan},
+        )
 
 
 # -- validation and rows ----------------------------------------------------------------------

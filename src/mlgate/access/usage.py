@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 Outcome = Literal["ok", "throttled", "error"]
 #: What one call adds to (requests, throttled, errors).
 _DELTAS: dict[str, tuple[int, int, int]] = {"ok": (1, 0, 0), "error": (1, 0, 1), "throttled": (0, 1, 0)}
-_COUNTERS = ("requests", "throttled", "errors")
+_COUNTERS = ("requests", "throttled", "errors", "units")
 # usage_daily's column widths: refuse at record time what a flush could never write.
 _KEY_MAX = 32
 _SCOPE_MAX = 128
@@ -63,9 +63,11 @@ def user_subject(username: str) -> str:
 class UsageRecorder:
     """Counts calls per ``(key_id, UTC day, scope)`` in memory and flushes them in batches.
 
-    Counters: ``requests`` are admitted calls (outcome ``ok`` or ``error``, the ones that
-    count against a quota), ``throttled`` are calls the limiter refused (429: rate or
-    quota), ``errors`` are admitted calls that failed (a subset of ``requests``).
+    Counters: ``requests`` are admitted calls (outcome ``ok`` or ``error``), ``throttled``
+    are calls the limiter refused (429: rate or quota), ``errors`` are admitted calls that
+    failed (a subset of ``requests``), ``units`` the items served — what the quota is
+    charged: a batch answering N items is N units, an item or call the server failed to
+    serve (5xx) is none.
 
     **Crash window**: a ``kill -9`` loses what was recorded since the last flush, i.e. at
     most ``flush_interval`` seconds of acknowledged calls are missing from usage (plus a
@@ -104,8 +106,17 @@ class UsageRecorder:
 
     # -- the hot path ---------------------------------------------------------------------
 
-    def record(self, key_id: str, scope: str, *, outcome: Outcome, when: float | None = None) -> None:
-        """Count one call; O(1), no I/O, thread-safe. ``when`` (epoch seconds) picks the UTC day."""
+    def record(
+        self,
+        key_id: str,
+        scope: str,
+        *,
+        outcome: Outcome,
+        units: int | None = None,
+        when: float | None = None,
+    ) -> None:
+        """Count one call and the ``units`` it served (default: 1 if admitted); O(1), no I/O,
+        thread-safe. ``when`` (epoch seconds) picks the UTC day."""
         deltas = _DELTAS.get(outcome)
         if deltas is None:
             raise ValueError(f"outcome must be one of {', '.join(_DELTAS)}, not {outcome!r}")
@@ -115,14 +126,16 @@ class UsageRecorder:
             raise ValueError(f"usage scope must be at most {_SCOPE_MAX} characters")
         row = (key_id, self._day(self._clock() if when is None else when), scope)
         requests, throttled, errors = deltas
+        served = requests if units is None else units
         with self._lock:
             counts = self._pending.get(row)
             if counts is None:
-                self._pending[row] = [requests, throttled, errors]
+                self._pending[row] = [requests, throttled, errors, served]
             else:
                 counts[0] += requests
                 counts[1] += throttled
                 counts[2] += errors
+                counts[3] += served
             self._pending_events += 1
             self._recorded_seq += 1
 
@@ -154,8 +167,8 @@ class UsageRecorder:
             except BaseException:
                 with self._lock:
                     for row, counts in batch.items():
-                        current = self._pending.setdefault(row, [0, 0, 0])
-                        for i in range(3):
+                        current = self._pending.setdefault(row, [0, 0, 0, 0])
+                        for i in range(4):
                             current[i] += counts[i]
                     self._pending_events += events
                     self._inflight_events = 0
@@ -212,7 +225,7 @@ class UsageRecorder:
         since: date | None = None,
         until: date | None = None,
     ) -> list[dict[str, Any]]:
-        """Usage rows ``{"key_id", "day", "scope", "requests", "throttled", "errors"}``.
+        """Usage rows ``{"key_id", "day", "scope", "requests", "throttled", "errors", "units"}``.
 
         Flushed rows plus this process's unflushed counts, sorted by key, day and scope;
         ``key_ids`` None means every key; ``since``/``until`` are inclusive UTC days.
@@ -235,7 +248,12 @@ class UsageRecorder:
         with self._flush_lock:
             with self._engine.connect() as conn:
                 for r in conn.execute(query):
-                    totals[(r.key_id, r.day, r.scope)] = [int(r.requests), int(r.throttled), int(r.errors)]
+                    totals[(r.key_id, r.day, r.scope)] = [
+                        int(r.requests),
+                        int(r.throttled),
+                        int(r.errors),
+                        int(r.units),
+                    ]
             with self._lock:
                 pending = [(row, list(counts)) for row, counts in self._pending.items()]
         for row, counts in pending:
@@ -244,8 +262,8 @@ class UsageRecorder:
                 continue
             if (low is not None and day < low) or (high is not None and day > high):
                 continue
-            current = totals.setdefault(row, [0, 0, 0])
-            for i in range(3):
+            current = totals.setdefault(row, [0, 0, 0, 0])
+            for i in range(4):
                 current[i] += counts[i]
         return [
             {"key_id": key_id, "day": day, "scope": scope, **dict(zip(_COUNTERS, counts, strict=True))}
@@ -267,7 +285,15 @@ class UsageRecorder:
     def _write(self, batch: dict[_Row, list[int]]) -> None:
         # Sorted, so two processes flushing overlapping rows lock them in the same order.
         rows = [
-            {"key_id": k, "day": d, "scope": s, "requests": c[0], "throttled": c[1], "errors": c[2]}
+            {
+                "key_id": k,
+                "day": d,
+                "scope": s,
+                "requests": c[0],
+                "throttled": c[1],
+                "errors": c[2],
+                "units": c[3],
+            }
             for (k, d, s), c in sorted(batch.items())
         ]
         with write_tx(self._engine) as conn:

@@ -30,6 +30,7 @@ from pwdlib.exceptions import UnknownHashError
 from pwdlib.hashers.argon2 import Argon2Hasher
 from sqlalchemy.engine import Engine
 
+from mlgate.access.generation import AccessGeneration
 from mlgate.db.engine import write_tx
 from mlgate.db.tables import users, utcnow
 from mlgate.errors import Conflict, InvalidInput, NotFound, Unprocessable
@@ -90,8 +91,16 @@ class UserStore:
     stored hash made with other parameters is upgraded on the next successful login.
     """
 
-    def __init__(self, engine: Engine, *, hasher: PasswordHash | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        hasher: PasswordHash | None = None,
+        generation: AccessGeneration | None = None,
+    ) -> None:
         self._engine = engine
+        # a user's state revokes or restores their keys: their caches must see it
+        self._access = generation if generation is not None else AccessGeneration(engine)
         self._hasher = hasher if hasher is not None else PasswordHash((Argon2Hasher(),))
         self._dummy: str | None = None
         self._dummy_lock = threading.Lock()
@@ -225,6 +234,8 @@ class UserStore:
             if result.rowcount == 0:
                 raise NotFound(f"no user named {username!r}")
             row = conn.execute(sa.select(users).where(users.c.username == username)).one()
+            self._access.bump(conn)
+        self._access.changed()
         return _user(row)
 
     def _replace_hash(self, user_id: int, old: str, new: str) -> None:

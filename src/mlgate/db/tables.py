@@ -26,8 +26,8 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    UniqueConstraint,
     false,
+    func,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -132,6 +132,8 @@ api_keys = Table(
     Column("created_at", UtcDateTime, nullable=False, default=utcnow),
     Column("expires_at", UtcDateTime, nullable=True),
     Column("disabled", Boolean, nullable=False, default=False, server_default=false()),
+    # the first key of its rotation chain (0004): an ownerless key's budget belongs to it
+    Column("lineage", String(32), nullable=True),
 )
 
 registry_state = Table(
@@ -139,6 +141,9 @@ registry_state = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("generation", BigInteger, nullable=False, default=0),
+    # bumped by every change to keys, plan attachments, plans and users' state (0004): the
+    # gateway's caches stay valid while it does not move (access/generation.py)
+    Column("access_generation", BigInteger, nullable=False, default=0, server_default="0"),
     CheckConstraint("id = 1", name="singleton"),
 )
 
@@ -192,6 +197,8 @@ usage_daily = Table(
     Column("requests", BigInteger, nullable=False, default=0),
     Column("throttled", BigInteger, nullable=False, default=0),
     Column("errors", BigInteger, nullable=False, default=0),
+    # items served (0004): a request answering N items is N units; refused items are not
+    Column("units", BigInteger, nullable=False, default=0, server_default="0"),
 )
 
 #: Token-bucket state for the database limiter storage (one row per bucket key).
@@ -249,10 +256,18 @@ executions = Table(
     Column("started_at", UtcDateTime, nullable=False),
     Column("stopped_at", UtcDateTime, nullable=True),
     Column("heartbeat_at", UtcDateTime, nullable=True),
-    UniqueConstraint("workflow", "name", name="uq_executions_workflow_name"),
     Index("ix_executions_workflow_started_at", "workflow", "started_at"),
     Index("ix_executions_status_started_at", "status", "started_at"),
     Index("ix_executions_owner_started_at", "owner", "started_at"),
+)
+#: Execution names are unique per workflow *and owner* (0004): one tenant's names never collide
+#: with, nor reveal, another's (an execution without an owner is the "" owner).
+Index(
+    "uq_executions_workflow_owner_name",
+    executions.c.workflow,
+    func.coalesce(executions.c.owner, ""),
+    executions.c.name,
+    unique=True,
 )
 
 #: The history of an execution: ``seq`` is the interpreter's event id (1, 2, 3, …).

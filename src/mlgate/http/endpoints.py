@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from mlgate.errors import MlgateError
 from mlgate.http.exchange import Exchange
-from mlgate.http.gateway import GatewayRejected, admit
+from mlgate.http.gateway import GatewayRejected, admit, known_model
 from mlgate.http.serving import ServingRoutes, WireEndpoint
 from mlgate.http.wire import WireResponse
 from mlgate.payloads import read_body
@@ -82,7 +82,7 @@ async def model_predict(x: Exchange) -> WireResponse:
     name = params["name"]
     ref = version_ref(params["version"] if "version" in params else x.query_param("version"))
     payload = read_body(x.body, x.content_type)
-    await admit(x, model=name)
+    await admit(x, model=name, check=known_model(x, name, ref))
     prediction = await x.server.dataplane.predict(name, payload, version=ref)
     x.model = prediction.model
     x.version = str(prediction.version)

@@ -138,6 +138,7 @@ class Exchange:
         "server",
         "started",
         "status",
+        "unserved",
         "version",
     )
 
@@ -170,6 +171,9 @@ class Exchange:
     #: why the edge refused or ended it (a timeout, a limit, the client gone), for the access log
     reason: str | None
     started: float
+    #: units of an admitted request the server failed to serve (a batch's refused items):
+    #: their quota is given back and they are not counted as served
+    unserved: int
     _slot: bool
     _usage_done: bool
 
@@ -203,7 +207,7 @@ class Exchange:
         self.route = self.model = self.version = self.key_id = self.admission = self.reason = None
         self.label = UNMATCHED
         self.gone = self._slot = self._usage_done = False
-        self.status = 0
+        self.status = self.unserved = 0
         self.started = time.perf_counter()
 
     # -- what endpoints read -------------------------------------------------------------
@@ -268,7 +272,9 @@ class Exchange:
 
     def record_usage(self, status: int) -> bool:
         """Usage of an admitted request, once (True if this call recorded it): ok below 400, else
-        an error (a client gone after admission too: its token and quota stay taken). Called by
+        an error. Charged = served: a 5xx answer serves nothing, so its quota units are given
+        back and it counts no unit; a batch's refused items (``unserved``) likewise; a client
+        gone after admission (499) keeps its charge (the work was done). Called by
         :meth:`settle` before the answer and by :meth:`close` for a request that got none."""
         if self._usage_done:
             return False
@@ -277,7 +283,11 @@ class Exchange:
         if admission is None or admission.metered_as is None:
             return False
         outcome: Literal["ok", "error"] = "ok" if status < 400 else "error"
-        self.server.gate.record(admission, outcome=outcome)
+        gate = self.server.gate
+        unserved = admission.cost if status >= 500 else self.unserved
+        if unserved:
+            gate.refund(admission, unserved)
+        gate.record(admission, outcome=outcome, units=max(0, admission.cost - unserved))
         return True
 
 

@@ -10,15 +10,15 @@ every keyed response (the exchange adds them from its admission).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mlgate.access.gate import Admission
-from mlgate.errors import MlgateError, QuotaExceeded, Throttled, Unauthorized
+from mlgate.errors import InvalidInput, MlgateError, QuotaExceeded, Throttled, Unauthorized
 from mlgate.http.exchange import Exchange
-from mlgate.types import AuthMode, Caller
+from mlgate.types import NAME_PATTERN, AuthMode, Caller
 
-__all__ = ["GatewayRejected", "admit", "authenticate", "bearer_of"]
+__all__ = ["GatewayRejected", "admit", "authenticate", "bearer_of", "known_model"]
 
 ErrorRenderer = Callable[[int, str], tuple[int, Any]]
 
@@ -49,9 +49,15 @@ async def admit(
     declared: AuthMode = "default",
     original: ErrorRenderer | None = None,
     cost: int = 1,
+    scope: str | None = None,
+    check: Callable[[], Awaitable[Any]] | None = None,
 ) -> Admission:
     """Authenticate and meter the request ``x`` (raises :class:`GatewayRejected`).
 
+    Validate before side effects: when the model name (or whatever ``scope`` names) came from
+    the client, ``check`` proves it exists — after authentication (an anonymous caller learns
+    nothing) and before any metering or usage row, so nothing a client types becomes a usage
+    scope. The usage scope is ``scope``, else the model's name, else the route's path.
     On success the admission is the exchange's: its rate-limit headers ride on the answer and
     its usage is recorded when the exchange closes.
     """
@@ -59,12 +65,21 @@ async def admit(
     gate = server.gate
     path = _escaped(x.path)
     mode = gate.mode_for(declared=declared, model=model, path=path)
+    bearer = bearer_of(x.authorization)
+    if check is not None:
+        try:
+            await gate.authenticate(mode=mode, api_key=x.api_key, bearer=bearer)
+        except MlgateError as exc:
+            server.metrics.gateway_rejections.labels(exc.code).inc()
+            raise _rejection(exc, {}, original) from None
+        await check()  # its own errors (400, 404) render as the route's
     try:
         admission = await gate.admit(
             mode=mode,
             api_key=x.api_key,
-            bearer=bearer_of(x.authorization),
-            scope=model or path,
+            bearer=bearer,
+            scope=scope or model or path,
+            route=path,
             cost=cost,
         )
     except MlgateError as exc:
@@ -73,6 +88,20 @@ async def admit(
         raise _rejection(exc, headers, original) from None
     x.admit(admission)
     return admission
+
+
+def known_model(x: Exchange, name: str, ref: str | int | None = None) -> Callable[[], Awaitable[Any]]:
+    """An :func:`admit` ``check`` that the model ``name`` (and version ``ref``) exists: the name's
+    syntax first (400), then the registry (404, the alias cache makes it cheap)."""
+
+    async def check() -> Any:
+        if not NAME_PATTERN.match(name):
+            raise InvalidInput(
+                "model names are 1-64 lowercase letters, digits, '_' or '-', starting with a letter"
+            )
+        return await x.server.dataplane.resolve(name, ref)
+
+    return check
 
 
 def _escaped(path: str) -> str:

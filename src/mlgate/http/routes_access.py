@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Request
 
 from mlgate.access.keys import ApiKey
 from mlgate.access.usage import user_subject
-from mlgate.errors import Forbidden, InvalidInput, NotFound
+from mlgate.errors import Conflict, Forbidden, InvalidInput, MlgateError, NotFound
 from mlgate.http.deps import json_body, require_admin, require_caller, server_of
 from mlgate.http.jsonio import JSONResponse
 from mlgate.types import Caller
@@ -25,7 +25,7 @@ router = APIRouter(prefix="/v1", tags=["keys, plans and usage"])
 _OBJECT = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}}
 
 
-def key_json(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
+def key_json(key: ApiKey, secret: str | None = None, plans: dict[str, str] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": key.id,
         "name": key.name,
@@ -35,6 +35,8 @@ def key_json(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
         "expires_at": key.expires_at.isoformat() if key.expires_at else None,
         "disabled": key.disabled,
     }
+    if plans is not None:
+        body["plans"] = plans  # {scope: plan}; "*" is the default plan when nothing is attached
     if secret is not None:
         body["key"] = secret  # shown once, here and nowhere else
     return body
@@ -88,15 +90,48 @@ async def create_key(request: Request, caller: Caller = Depends(require_caller))
         role, owner, plan = "user", caller.username, None
         if any(body.get(k) is not None for k in ("role", "owner", "plan")):
             raise Forbidden("only an admin can set a key's role, owner or plan")
+    scope = _optional_str(body, "scope") or "*"
+    if plan is not None:  # validated before anything is created
+        _check_plan_scope(request, scope)
+        if not (await asyncio.to_thread(server.plans.get, plan)).metered and role != "admin":
+            raise InvalidInput(f"usage plan {plan!r} has no limits: only an admin key may be unmetered")
     if owner is not None:
-        await asyncio.to_thread(server.users.get, owner)
+        user = await asyncio.to_thread(server.users.get, owner)
+        if user.disabled:
+            raise Conflict(f"user {owner!r} is disabled: enable them before giving them a key")
+    expires_at = _expiry(body)
     new = await asyncio.to_thread(
-        server.keys.create, name=name, role=role, owner=owner, expires_at=_expiry(body)
+        server.keys.create, name=name, role=role, owner=owner, expires_at=expires_at
     )
     if plan is not None:
-        scope = _optional_str(body, "scope") or "*"
-        await asyncio.to_thread(server.plans.attach, new.key.id, plan, scope=scope)
-    return JSONResponse(key_json(new.key, new.secret), status_code=201)
+        try:
+            await asyncio.to_thread(server.plans.attach, new.key.id, plan, scope=scope)
+        except MlgateError:  # the plan changed meanwhile: no key is left without the plan it asked for
+            await asyncio.to_thread(server.keys.set_disabled, new.key.id, True)
+            raise
+    plans = await asyncio.to_thread(_plans_of, server, new.key)
+    return JSONResponse(key_json(new.key, new.secret, plans), status_code=201)
+
+
+def _plans_of(server: Any, key: ApiKey) -> dict[str, str]:
+    attached: dict[str, str] = server.plans.attachments(key.id)
+    if "*" not in attached and server.plans.default_plan is not None:
+        attached["*"] = server.plans.default_plan
+    return attached
+
+
+def _check_plan_scope(request: Request, scope: str) -> None:
+    """A route scope must name a route the gateway meters by its path (a service's original
+    route): a plan attached to any other path would be accepted and never applied."""
+    if not scope.startswith("/"):
+        return
+    routes = sorted({a.path for s in server_of(request).services for a in s.routes})
+    if scope not in routes:
+        raise InvalidInput(
+            f"a route scope must be one of the service routes ({', '.join(routes) or 'none mounted'}); "
+            "for a model's routes use the model's name",
+            details={"scope": scope[:128]},
+        )
 
 
 @router.get("/keys", summary="List keys (a user sees only their own)")
@@ -105,8 +140,12 @@ async def list_keys(request: Request, caller: Caller = Depends(require_caller)) 
     owner = request.query_params.get("owner") if caller.role == "admin" else caller.username
     if caller.role != "admin" and owner is None:
         return JSONResponse({"keys": []})
-    found = await asyncio.to_thread(keys.list, owner=owner)
-    return JSONResponse({"keys": [key_json(k) for k in found]})
+    server = server_of(request)
+
+    def listing() -> list[dict[str, Any]]:
+        return [key_json(k, None, _plans_of(server, k)) for k in keys.list(owner=owner)]
+
+    return JSONResponse({"keys": await asyncio.to_thread(listing)})
 
 
 @router.post("/keys/{key_id}/disable", summary="Disable a key")
@@ -163,6 +202,7 @@ async def attach_key(
     plan: str, key_id: str, request: Request, _: Caller = Depends(require_admin)
 ) -> JSONResponse:
     scope = request.query_params.get("scope", "*")
+    _check_plan_scope(request, scope)
     await asyncio.to_thread(server_of(request).plans.attach, key_id, plan, scope=scope)
     return JSONResponse({"plan": plan, "key_id": key_id, "scope": scope})
 
@@ -215,13 +255,17 @@ async def list_users(request: Request, _: Caller = Depends(require_admin)) -> JS
     return JSONResponse({"users": [u.public() for u in users]})
 
 
-@router.post("/users/{username}/disable", summary="Disable a user (their tokens stop working)")
+@router.post("/users/{username}/disable", summary="Disable a user: their tokens, keys and key minting stop")
 async def disable_user(username: str, request: Request, _: Caller = Depends(require_admin)) -> JSONResponse:
-    user = await asyncio.to_thread(server_of(request).users.set_disabled, username, True)
+    server = server_of(request)
+    user = await asyncio.to_thread(server.users.set_disabled, username, True)
+    server.keys.invalidate_owner(username)  # here at once; other processes within the key cache ttl
     return JSONResponse(user.public())
 
 
-@router.post("/users/{username}/enable", summary="Enable a user again")
+@router.post("/users/{username}/enable", summary="Enable a user again (their keys work again)")
 async def enable_user(username: str, request: Request, _: Caller = Depends(require_admin)) -> JSONResponse:
-    user = await asyncio.to_thread(server_of(request).users.set_disabled, username, False)
+    server = server_of(request)
+    user = await asyncio.to_thread(server.users.set_disabled, username, False)
+    server.keys.invalidate_owner(username)
     return JSONResponse(user.public())

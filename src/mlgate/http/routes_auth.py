@@ -4,12 +4,14 @@
 ``{"username", "password"}`` for the original client — and answers
 ``{"access_token", "token_type": "bearer", "expires_in"}``. ``POST /auth/create_user``
 answers 201; without admin rights it creates ``user`` accounts only (and only when open
-sign-up is on). Failed logins are throttled per client address.
+sign-up is on). Logins are throttled per client address and per username *before* the
+password is checked, and password hashes are capped per process (:mod:`mlgate.access.login`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -68,8 +70,6 @@ _USER_BODY = {
         },
     }
 }
-#: failed logins allowed per client address: a burst, then one every 2 s
-_LOGIN_BURST, _LOGIN_RATE = 10, 0.5
 
 
 async def _credentials(request: Request) -> tuple[str, str]:
@@ -93,15 +93,17 @@ async def token(request: Request) -> JSONResponse:
     server = server_of(request)
     username, password = await _credentials(request)
     client = request.client.host if request.client else "unknown"
-    user = await asyncio.to_thread(server.users.authenticate, username, password)
+    guard = server.gate.login
+    try:
+        await guard.admit(client=client, username=username)  # before any hashing work
+    except Throttled as exc:
+        retry = str(max(1, math.ceil(exc.retry_after)))
+        raise GatewayRejected(429, {"detail": "Too many failed logins"}, {"Retry-After": retry}) from None
+    async with guard.hashing():
+        user = await asyncio.to_thread(server.users.authenticate, username, password)
     if user is None:
-        decision = await server.limiter.take(f"login:{client}", rate=_LOGIN_RATE, burst=_LOGIN_BURST)
-        if not decision.allowed:
-            exc = Throttled("Too Many Requests", retry_after=decision.retry_after)
-            raise GatewayRejected(
-                429, {"detail": "Too many failed logins"}, {"Retry-After": str(int(exc.retry_after) + 1)}
-            )
         raise GatewayRejected(401, {"detail": "Authentication Failed"}, {"WWW-Authenticate": "Bearer"})
+    await guard.succeeded(client=client, username=username)
     access = server.gate.tokens.issue(user)
     return JSONResponse(
         {"access_token": access, "token_type": "bearer", "expires_in": server.gate.tokens.expires_in},
@@ -132,13 +134,14 @@ async def create_user(request: Request) -> JSONResponse:
         raise InvalidInput("username and password must be strings")
     if not isinstance(role, str):
         raise InvalidInput("role must be 'user' or 'admin'")
-    user = await asyncio.to_thread(
-        server.users.create,
-        username,
-        password,
-        role=role,
-        email=fields["email"],
-        first_name=fields["first_name"],
-        last_name=fields["last_name"],
-    )
+    async with server.gate.login.hashing():  # the new password's hash
+        user = await asyncio.to_thread(
+            server.users.create,
+            username,
+            password,
+            role=role,
+            email=fields["email"],
+            first_name=fields["first_name"],
+            last_name=fields["last_name"],
+        )
     return JSONResponse(user.public(), status_code=201)

@@ -8,10 +8,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from mlgate.errors import InvalidInput, MlgateError
+from mlgate.errors import InvalidInput, MlgateError, public_text
 from mlgate.http.deps import exchange_of, json_body, server_of, starlette_endpoint, version_ref
 from mlgate.http.endpoints import model_predict
-from mlgate.http.gateway import admit, authenticate
+from mlgate.http.gateway import admit, authenticate, known_model
 from mlgate.http.jsonio import JSONResponse
 from mlgate.types import ModelInfo, VersionInfo
 
@@ -39,7 +39,7 @@ _model_predict = starlette_endpoint(model_predict)
 def model_json(model: ModelInfo, loaded: list[int]) -> dict[str, Any]:
     return {
         "name": model.name,
-        "description": model.description,
+        "description": public_text(model.description),  # "declared by URI file:///…" names a path
         "created_at": model.created_at.isoformat(),
         "aliases": dict(model.aliases),
         "latest_version": model.latest_version,
@@ -65,7 +65,7 @@ def version_json(info: VersionInfo, aliases: list[str]) -> dict[str, Any]:
         "trusted": m.trusted,
         "batching": m.batching.model_dump(),
         "timeout_s": m.timeout_s,
-        "location": info.location or "content-addressed",
+        "location": public_text(info.location) if info.location else "content-addressed",
     }
 
 
@@ -103,7 +103,7 @@ async def _batch(request: Request, name: str, ref: str | int | None) -> JSONResp
     if len(inputs) > MAX_BATCH_ITEMS:
         raise InvalidInput(f"a batch holds at most {MAX_BATCH_ITEMS} inputs")
     x = exchange_of(request)
-    await admit(x, model=name, cost=len(inputs))
+    await admit(x, model=name, cost=len(inputs), check=known_model(x, name, ref))
     info, results = await x.server.dataplane.predict_many(name, inputs, version=ref)
     x.model = info.model
     x.version = str(info.version)
@@ -111,6 +111,8 @@ async def _batch(request: Request, name: str, ref: str | int | None) -> JSONResp
     for r in results:
         if isinstance(r, MlgateError):
             out.append({"error": {**r.to_dict(), "status": r.status}})
+            if r.status >= 500:  # refused or failed by the server: not served, not charged
+                x.unserved += 1
         else:
             out.append({"output": r.output})
     return JSONResponse({"model_name": info.model, "model_version": info.version, "results": out})

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from mlgate import __version__
 from mlgate.errors import InvalidInput
 from mlgate.http.deps import exchange_of, json_body, server_of, version_ref
-from mlgate.http.gateway import admit, authenticate
+from mlgate.http.gateway import admit, authenticate, known_model
 from mlgate.http.jsonio import JSONResponse
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
@@ -157,7 +157,7 @@ async def _infer(request: Request, name: str, ref: str | int | None) -> JSONResp
     tensors = dict(_tensor(spec) for spec in body["inputs"])
     rows = next(iter(tensors.values())).shape[0] if next(iter(tensors.values())).ndim else 1
     x = exchange_of(request)
-    await admit(x, model=name, cost=max(1, int(rows)))
+    await admit(x, model=name, cost=max(1, int(rows)), check=known_model(x, name, ref))
     info, outputs = await server_of(request).dataplane.infer_tensors(name, tensors, version=ref)
     x.model = info.model
     x.version = str(info.version)

@@ -8,6 +8,7 @@ of the caller's plan, scoped by the route path); the models it calls are not met
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -17,7 +18,7 @@ from mlgate.http.deps import exchange_of, json_body, require_admin, require_call
 from mlgate.http.gateway import admit
 from mlgate.http.jsonio import JSONResponse
 from mlgate.payloads import parse_json
-from mlgate.types import Caller
+from mlgate.types import NAME_PATTERN, Caller
 from mlgate.workflows.export import export_definition
 from mlgate.workflows.service import WorkflowService
 from mlgate.workflows.store import ExecutionEvent, ExecutionRecord, ExecutionSummary, WorkflowRecord
@@ -181,14 +182,24 @@ async def start(
 ) -> JSONResponse:
     raw = await request.body()
     data = parse_json(raw) if raw.strip() else {}
+    service = _service(request)
+    stored = service.check_input(data)  # 413 / 400 before anything is metered or stored
     x = exchange_of(request)
-    admission = await admit(x, model=None, declared="either")
+
+    # metered as "workflow:<name>" once the workflow is known to exist (nothing a client types
+    # becomes a usage scope; an anonymous caller learns nothing)
+    async def known() -> WorkflowRecord:
+        if not NAME_PATTERN.match(name):  # no workflow can have it: never looked up
+            raise NotFound(f"no workflow {name[:80]!r}")
+        return await service.get(name)
+
+    admission = await admit(x, model=None, declared="either", scope=f"workflow:{name}", check=known)
     caller = admission.caller
     if caller.kind == "anonymous":
         caller = await require_caller(request)
     x.model = f"workflow:{name}"
-    record = await _service(request).start_execution(
-        name, data, mode=mode, name=execution_name, owner=owner_of(caller)
+    record = await service.start_execution(
+        name, stored, mode=mode, name=execution_name, owner=owner_of(caller)
     )
     if mode == "async":
         return JSONResponse(
@@ -197,6 +208,33 @@ async def start(
             headers={"Location": f"/v1/executions/{record.id}"},
         )
     return JSONResponse(execution_json(record))
+
+
+@router.delete(
+    "/workflows/{name}/executions",
+    summary="Purge finished executions: started before ?before= and/or beyond the newest ?keep=",
+)
+async def purge(
+    name: str,
+    request: Request,
+    before: str | None = None,
+    keep: int | None = None,
+    _: Caller = Depends(require_admin),
+) -> JSONResponse:
+    if before is None and keep is None:
+        raise InvalidInput("give before (an ISO-8601 time) and/or keep (executions to keep)")
+    cutoff: datetime | None = None
+    if before is not None:
+        try:
+            cutoff = datetime.fromisoformat(before.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidInput("before must be an ISO-8601 time, e.g. 2026-01-31T00:00:00Z") from None
+        if cutoff.tzinfo is None:
+            cutoff = cutoff.replace(tzinfo=UTC)
+    if keep is not None and keep < 0:
+        raise InvalidInput("keep must be >= 0")
+    deleted = await _service(request).purge(name, before=cutoff, keep=keep)
+    return JSONResponse({"workflow": name, "deleted": deleted})
 
 
 @router.get("/executions", summary="Executions, newest first (yours; an admin's: all)")

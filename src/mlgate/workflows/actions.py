@@ -35,6 +35,7 @@ import asyncio
 import base64
 import hashlib
 import inspect
+import logging
 import mimetypes
 import re
 import threading
@@ -56,6 +57,7 @@ from mlgate.errors import (
     PredictionTimeout,
     StoreError,
     VersionNotFound,
+    public_text,
 )
 from mlgate.runtimes.images import sniff_image_format
 from mlgate.settings import S3Settings
@@ -66,6 +68,7 @@ from mlgate.workflows.mapping import (
     MappedResource,
     PathError,
     ResourceMapping,
+    bucket_allowed,
     function_name,
     get_path,
 )
@@ -81,6 +84,8 @@ __all__ = [
     "DataBuckets",
     "Function",
 ]
+
+log = logging.getLogger("mlgate.workflows")
 
 LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
 START_EXECUTION = (
@@ -156,11 +161,13 @@ class DataBuckets:
         if isinstance(self.store, FileArtifactStore):
             folder = self.store.root / "buckets" / bucket
             if not folder.is_dir():
-                raise TaskFailure("Store.NoSuchBucket", f"no bucket {bucket!r} (no folder {folder})")
+                raise TaskFailure(
+                    "Store.NoSuchBucket", f"no bucket {bucket!r} (no folder buckets/{bucket} in the store)"
+                )
             return FileArtifactStore(folder)
         if is_s3(self.store):
             return open_store(f"s3://{bucket}", s3=self.s3)
-        raise TaskFailure("Store.Error", f"the store {self.store.url} cannot serve buckets")
+        raise TaskFailure("Store.Error", "this store cannot serve buckets")
 
     def forget(self, bucket: str) -> None:
         with self._lock:
@@ -231,6 +238,8 @@ class Actions:
         """Run one task: a native resource, or an AWS one through ``mapping``."""
         resource = call.resource
         if resource.startswith("mlgate:"):
+            if resource == "mlgate:store:get":
+                _check_bucket(call.input, mapping.buckets)
             return await self._native(resource, call.input, call, start_child, as_lambda=False)
         if resource == LAMBDA_INVOKE:
             return await self._lambda_invoke(call, mapping, start_child)
@@ -281,6 +290,7 @@ class Actions:
             params = dict(_object(selected, entry.key))
             if "bucket" in p:
                 params.setdefault("bucket", p["bucket"])
+            _check_bucket(params, p.get("buckets"))
             result = await self.store_get(params)
         elif entry.action == "model.invoke":
             result = await self.model_invoke(p["model"], selected, version=p.get("version"), as_lambda=True)
@@ -406,7 +416,10 @@ class Actions:
         except TaskFailure:
             raise
         except Exception as exc:
-            raise TaskFailure(type(exc).__name__, str(exc)) from exc
+            cause = public_text(str(exc))
+            if cause != str(exc):  # the history shows the public text; the log keeps the rest
+                log.warning("workflow function %r failed", name, exc_info=exc)
+            raise TaskFailure(type(exc).__name__, cause) from exc
 
     async def _child(
         self, workflow: str, data: Any, call: TaskCall, start_child: ChildStarter | None
@@ -464,6 +477,15 @@ class Actions:
             hint = f" (function {function_name(resource)!r})" if function_name(resource) else ""
             return f"resource {resource!r}{hint} is not in the mapping file"
         return None
+
+
+def _check_bucket(params: Any, allowed: tuple[str, ...] | None) -> None:
+    """A bucket the workflow's mapping does not list is refused, whatever the input names."""
+    if allowed is None or not isinstance(params, dict):
+        return
+    bucket = params.get("s3_bucket", params.get("bucket"))
+    if isinstance(bucket, str) and not bucket_allowed(bucket, allowed):
+        raise TaskFailure("Store.AccessDenied", f"this workflow may not read bucket {bucket!r}")
 
 
 def _object(value: Any, what: str) -> Mapping[str, Any]:

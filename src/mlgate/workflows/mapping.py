@@ -21,6 +21,11 @@ how the "Lambda" sees its event and builds its return value::
   the result's keys added (``merge: ["inferences"]``: only those keys); ``result`` is a
   Parameters-style template over ``{"event": <the event>, "result": <the action's result>}``.
 
+Buckets: a top-level ``"buckets": ["fotos", "datos-*"]`` lists the only buckets the
+workflow's ``store.get`` tasks may read (exact names, or a prefix ending in ``*``), whatever
+bucket an execution's input names; an entry's fixed ``bucket`` is allowed too. Without it,
+any bucket of the store is readable (model files never are).
+
 Keys are matched exactly, then without a version/alias qualifier (``…:function:f:$LATEST``
 → ``…:function:f``), then by bare function name (``f``), so one entry serves every form.
 """
@@ -29,7 +34,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -42,6 +47,7 @@ __all__ = [
     "PathError",
     "ResourceMapping",
     "apply_template",
+    "bucket_allowed",
     "function_name",
     "get_path",
     "parse_mapping",
@@ -128,6 +134,13 @@ def apply_template(template: Any, context: Any) -> Any:
     return template
 
 
+def bucket_allowed(bucket: str, allowed: tuple[str, ...] | None) -> bool:
+    """True when ``allowed`` is None (no list) or names ``bucket`` (exactly or by ``prefix*``)."""
+    if allowed is None:
+        return True
+    return any(bucket == a or (a.endswith("*") and bucket.startswith(a[:-1])) for a in allowed)
+
+
 def function_name(resource: str) -> str | None:
     """The function name of a Lambda ARN (qualifier dropped), else None."""
     m = _LAMBDA_ARN.match(resource)
@@ -172,6 +185,8 @@ class ResourceMapping:
     """A parsed mapping file: resource string → :class:`MappedResource`."""
 
     entries: Mapping[str, MappedResource] = field(default_factory=dict)
+    #: the buckets ``store.get`` may read (None: any); see the module's docstring
+    buckets: tuple[str, ...] | None = None
 
     def lookup(self, resource: str) -> MappedResource | None:
         """Exact key, then the unqualified Lambda ARN, then the bare function name."""
@@ -202,9 +217,16 @@ def parse_mapping(doc: Mapping[str, Any] | str | None) -> ResourceMapping:
     if not isinstance(doc, Mapping):
         raise InvalidInput('a mapping is a JSON object {"resources": {...}}')
     errors: list[str] = []
-    extra = set(doc) - {"resources", "comment", "Comment"}
+    extra = set(doc) - {"resources", "buckets", "comment", "Comment"}
     if extra:
-        errors.append(f"unknown top-level keys {sorted(extra)} (expected 'resources')")
+        errors.append(f"unknown top-level keys {sorted(extra)} (expected 'resources', 'buckets')")
+    buckets: tuple[str, ...] | None = None
+    if "buckets" in doc:
+        raw_buckets = doc["buckets"]
+        if not isinstance(raw_buckets, list) or not all(isinstance(b, str) and b for b in raw_buckets):
+            errors.append("'buckets' must be a list of bucket names (or 'prefix*')")
+        else:
+            buckets = tuple(raw_buckets)
     resources = doc.get("resources", {})
     entries: dict[str, MappedResource] = {}
     if not isinstance(resources, Mapping):
@@ -216,7 +238,15 @@ def parse_mapping(doc: Mapping[str, Any] | str | None) -> ResourceMapping:
             entries[str(key)] = entry
     if errors:
         raise InvalidInput("the mapping is invalid", details={"errors": errors})
-    return ResourceMapping(entries)
+    if buckets is not None:
+        # each store.get entry carries the list (its fixed bucket included) to where it reads
+        fixed = tuple(e.params["bucket"] for e in entries.values() if "bucket" in e.params)
+        buckets = (*buckets, *fixed)
+        entries = {
+            k: replace(e, params={**e.params, "buckets": buckets}) if e.action == "store.get" else e
+            for k, e in entries.items()
+        }
+    return ResourceMapping(entries, buckets)
 
 
 def _entry(key: str, raw: Any, errors: list[str]) -> MappedResource | None:

@@ -29,17 +29,25 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 import orjson
 from sqlalchemy import Engine
+from sqlalchemy import exc as sa_exc
 
 from mlgate.dataplane import DataPlane
-from mlgate.errors import ConfigurationError, Conflict, InvalidInput, NotFound, Overloaded
-from mlgate.settings import S3Settings
+from mlgate.errors import (
+    ConfigurationError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+)
+from mlgate.settings import S3Settings, WorkflowSettings
 from mlgate.store import ArtifactStore
 from mlgate.telemetry.metrics import Metrics
 from mlgate.types import BundledWorkflow, Service
@@ -54,21 +62,27 @@ from mlgate.workflows.engine import (
     TaskFailure,
     TaskInvoker,
 )
+from mlgate.workflows.failures import DATA_LIMIT_EXCEEDED, RUNTIME
 from mlgate.workflows.mapping import ResourceMapping, parse_mapping
 from mlgate.workflows.spec import StateMachine, parse_definition
 from mlgate.workflows.store import (
+    EventLike,
     ExecutionEvent,
     ExecutionRecord,
     ExecutionSummary,
     Finish,
+    PreparedEvent,
     Status,
+    StoredJson,
     WorkflowRecord,
     WorkflowStore,
+    clean_text,
 )
 
 __all__ = [
     "INTERRUPTED_CAUSE",
     "INTERRUPTED_ERROR",
+    "UNSTORABLE_CAUSE",
     "TaskActions",
     "WorkflowService",
     "create_workflow_service",
@@ -80,6 +94,10 @@ log = logging.getLogger("mlgate.workflows")
 INTERRUPTED_ERROR = "States.Runtime"
 INTERRUPTED_CAUSE = "interrupted by server restart"
 SHUTDOWN_ERROR = "Mlgate.Shutdown"
+#: The cause of an execution failed because one of its history events could not be stored.
+UNSTORABLE_CAUSE = "history event could not be stored"
+_PAYLOAD_KEYS = ("input", "output", "parameters")
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _FINAL_EVENTS = frozenset({"ExecutionSucceeded", "ExecutionFailed", "ExecutionAborted", "ExecutionTimedOut"})
 _HOST = socket.gethostname()
 
@@ -87,6 +105,25 @@ _HOST = socket.gethostname()
 def runner_id() -> str:
     """``host:pid:instance`` of this process (the instance part tells restarts with a reused pid apart)."""
     return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _json_bytes(value: Any) -> bytes:
+    """UTF-8 JSON, exactly as the store writes it (:func:`mlgate.workflows.store.dumps`)."""
+    return orjson.dumps(value, default=str, option=_JSON_OPTIONS)
+
+
+def _transient(exc: BaseException) -> bool:
+    """A database that is unreachable or busy (retry the batch), not one refusing the data."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError)
+
+
+def _refusal(exc: BaseException) -> str:
+    """Why the database refused an execution's events, without its internals (SQL, values)."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        return f"the database refused its data ({type(exc).__name__})"
+    return f"it cannot be written ({type(exc).__name__})"
 
 
 def _runner_is_dead(runner: str) -> bool:
@@ -124,7 +161,7 @@ class _Compiled:
 class _Run:
     record: ExecutionRecord
     depth: int
-    pending: list[HistoryEvent] = field(default_factory=list)
+    pending: list[EventLike] = field(default_factory=list)
     last_id: int = 0
     last_type: str = ""
     #: the execution (never cancelled) and, inside it, the interpreter (cancelled to stop it)
@@ -133,16 +170,27 @@ class _Run:
     interpreter: Interpreter | None = None
     #: why it is being cancelled: (status, error, cause)
     abort: tuple[Status, str | None, str | None] | None = None
+    #: a limit it broke (an event too large or that cannot be stored): (error, cause); it FAILS
+    fault: tuple[str, str] | None = None
     started: float = field(default_factory=time.perf_counter)
 
 
 class _Writer:
     """One task writing every buffered event and every finish, batched into few transactions."""
 
-    def __init__(self, store: WorkflowStore, runs: Mapping[str, _Run], *, interval: float) -> None:
+    def __init__(
+        self,
+        store: WorkflowStore,
+        runs: Mapping[str, _Run],
+        *,
+        interval: float,
+        on_unstorable: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.store = store
         self.runs = runs
         self.interval = interval
+        #: told (execution id, cause) when an execution was failed because its events were refused
+        self.on_unstorable = on_unstorable
         self._finishes: list[tuple[Finish, asyncio.Future[bool]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -188,7 +236,7 @@ class _Writer:
             await self._flush()
 
     async def _flush(self) -> None:
-        events: list[tuple[str, HistoryEvent]] = []
+        events: list[tuple[str, EventLike]] = []
         for run in self.runs.values():
             if run.pending:
                 batch, run.pending = run.pending, []
@@ -201,6 +249,11 @@ class _Writer:
                 applied = await asyncio.to_thread(self.store.record, events, [f for f, _ in finishes])
                 break
             except Exception as exc:
+                if not _transient(exc):
+                    # The data of some execution was refused: write each execution on its own,
+                    # so only the one(s) whose events cannot be stored fail.
+                    await self._one_by_one(events, finishes)
+                    return
                 if attempt == 2:
                     log.exception("workflow history write failed; %d events lost", len(events))
                     for _, future in finishes:
@@ -211,6 +264,50 @@ class _Writer:
         for (_, future), ok in zip(finishes, applied, strict=True):
             if not future.done():
                 future.set_result(ok)
+
+    async def _one_by_one(
+        self, events: list[tuple[str, EventLike]], finishes: list[tuple[Finish, asyncio.Future[bool]]]
+    ) -> None:
+        grouped: dict[str, list[tuple[str, EventLike]]] = {}
+        for execution_id, event in events:
+            grouped.setdefault(execution_id, []).append((execution_id, event))
+        ends = {f.execution_id: (f, future) for f, future in finishes}
+        for execution_id in list(dict.fromkeys([*grouped, *ends])):
+            end = ends.get(execution_id)
+            try:
+                applied = await asyncio.to_thread(
+                    self.store.record, grouped.get(execution_id, []), [end[0]] if end else []
+                )
+            except Exception as exc:
+                if _transient(exc):
+                    log.exception("workflow history write failed for execution %s", execution_id)
+                    if end is not None and not end[1].done():
+                        end[1].set_exception(exc)
+                    continue
+                await self._fail_unstorable(execution_id, exc)
+                if end is not None and not end[1].done():
+                    end[1].set_result(False)  # the execution reads its FAILED row back
+                continue
+            if end is not None and not end[1].done():
+                end[1].set_result(applied[0])
+
+    async def _fail_unstorable(self, execution_id: str, exc: BaseException) -> None:
+        """Fail the one execution whose events the database refused (its other events stay)."""
+        cause = f"{UNSTORABLE_CAUSE}: {_refusal(exc)}"
+        log.warning("workflow execution %s failed: %s", execution_id, cause, exc_info=exc)
+        try:
+            await asyncio.to_thread(
+                self.store.end_running,
+                [execution_id],
+                status="FAILED",
+                error=RUNTIME,
+                cause=cause,
+                event_type="ExecutionFailed",
+            )
+        except Exception:
+            log.exception("could not mark workflow execution %s FAILED", execution_id)
+        if self.on_unstorable is not None:
+            self.on_unstorable(execution_id, cause)
 
 
 class WorkflowService:
@@ -233,6 +330,7 @@ class WorkflowService:
         max_depth: int = 5,
         max_events: int = 25_000,
         definition_ttl_s: float = 1.0,
+        settings: WorkflowSettings | None = None,
     ) -> None:
         self.store = store
         self.actions = actions
@@ -246,8 +344,13 @@ class WorkflowService:
         self.max_running = max_running
         self.max_depth = max_depth
         self.max_events = max_events
+        self.settings = settings or WorkflowSettings()
+        self.max_payload_bytes = self.settings.max_payload_bytes
         self._runs: dict[str, _Run] = {}
-        self._writer = _Writer(store, self._runs, interval=flush_interval_s)
+        self._writer = _Writer(
+            store, self._runs, interval=flush_interval_s, on_unstorable=self._on_unstorable
+        )
+        self._retention: asyncio.Task[None] | None = None
         self.definition_ttl_s = definition_ttl_s
         self._compiled: OrderedDict[str, tuple[float, _Compiled]] = OrderedDict()
         self._heartbeat: asyncio.Task[None] | None = None
@@ -264,6 +367,10 @@ class WorkflowService:
             self._heartbeat = asyncio.get_running_loop().create_task(
                 self._heartbeat_loop(), name="mlgate-workflow-heartbeat"
             )
+        if self._retention is None:
+            self._retention = asyncio.get_running_loop().create_task(
+                self._retention_loop(), name="mlgate-workflow-retention"
+            )
 
     async def stop(self) -> None:
         """Stop accepting executions; wait ``shutdown_grace_s`` for running ones, abort the rest."""
@@ -276,11 +383,12 @@ class WorkflowService:
                     self._cancel(run, "ABORTED", SHUTDOWN_ERROR, "the server shut down while it was running")
             if still:
                 await asyncio.wait(still, timeout=max(self.shutdown_grace_s, 5.0))
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-            self._heartbeat = None
+        for background in (self._heartbeat, self._retention):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
+        self._heartbeat = self._retention = None
         await self._writer.close()
 
     @property
@@ -337,6 +445,37 @@ class WorkflowService:
                 if execution_id not in alive and run is not None and run.abort is None:
                     self._cancel(run, "ABORTED", None, "stopped from another server process")
         await self.recover()
+
+    # -- retention ----------------------------------------------------------------------------
+
+    async def _retention_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.purge_interval_s)
+            try:
+                await self.apply_retention()
+            except Exception:
+                log.exception("workflow history retention failed")
+
+    async def apply_retention(self) -> int:
+        """Delete what the retention settings say is too old or too many; returns how many."""
+        age, count = self.settings.history_max_age_days, self.settings.history_max_executions_per_workflow
+        if not age and not count:
+            return 0
+        before = self.clock.now() - timedelta(days=age) if age else None
+        deleted = 0
+        for workflow in await asyncio.to_thread(self.store.list_workflows):
+            deleted += await asyncio.to_thread(
+                self.store.purge, workflow.name, before=before, keep=count or None
+            )
+        if deleted:
+            log.info("workflow history retention deleted %d finished executions", deleted)
+        return deleted
+
+    async def purge(self, workflow: str, *, before: datetime | None = None, keep: int | None = None) -> int:
+        """Delete ``workflow``'s finished executions started before ``before`` and/or beyond the
+        newest ``keep``; :class:`NotFound` for an unknown workflow."""
+        await asyncio.to_thread(self.store.get, workflow)
+        return await asyncio.to_thread(self.store.purge, workflow, before=before, keep=keep)
 
     # -- workflows ----------------------------------------------------------------------------
 
@@ -450,12 +589,13 @@ class WorkflowService:
             raise Overloaded(
                 f"{self.max_running} workflow executions are running; retry shortly", retry_after=1.0
             )
+        stored = input if isinstance(input, StoredJson) else self.check_input(input)
         compiled = await self._compile(workflow)
         record = await asyncio.to_thread(
             self.store.start_execution,
             workflow=workflow,
             revision=compiled.record.revision,
-            input=input,
+            input=stored,
             name=name,
             owner=owner,
             parent_id=parent_id,
@@ -471,16 +611,85 @@ class WorkflowService:
         )
         return run
 
+    def check_input(self, value: Any) -> StoredJson:
+        """An execution input as it will be stored: what is accepted here can always be stored
+        and answered (a history answer holds it 4 levels deep: ``{"events": [{"details":
+        {"input": …}}]}``). :class:`PayloadTooLarge` over ``max_payload_bytes``;
+        :class:`InvalidInput` for a value JSON cannot hold."""
+        try:
+            text = _json_bytes([[[[value]]]])[4:-4]  # the same bytes, checked with the headroom
+        except orjson.JSONEncodeError as exc:
+            raise InvalidInput(f"the execution input cannot be stored: {exc}") from None
+        if len(text) > self.max_payload_bytes:
+            raise PayloadTooLarge(
+                f"the execution input is {len(text)} bytes as JSON; the limit is "
+                f"{self.max_payload_bytes} (MLGATE_WORKFLOWS__MAX_PAYLOAD_BYTES)",
+                details={"size": len(text), "limit": self.max_payload_bytes},
+            )
+        return StoredJson(value, text.decode())
+
     def _on_event(self, run: _Run, event: HistoryEvent) -> None:
-        run.pending.append(event)
+        prepared = self._prepare(run, event)
+        if run.fault is not None and event.type in _FINAL_EVENTS and event.type != "ExecutionFailed":
+            # ended because of the fault: the history ends the way the execution does
+            error, cause = run.fault
+            details = {"error": error, "cause": cause}
+            text = _json_bytes(details).decode()
+            prepared = PreparedEvent(event.id, "ExecutionFailed", event.timestamp, None, details, text)
+        run.pending.append(prepared)
         run.last_id = event.id
-        run.last_type = event.type
+        run.last_type = prepared.type
         if len(run.pending) >= self.flush_events:
             self._writer.wake()
         if event.id > self.max_events and run.abort is None:
-            self._cancel(
-                run, "FAILED", "States.Runtime", f"the execution history passed {self.max_events} events"
-            )
+            self._fault(run, RUNTIME, f"the execution history passed {self.max_events} events")
+
+    def _prepare(self, run: _Run, event: HistoryEvent) -> PreparedEvent:
+        """Serialise (and measure) an event in its own execution: a value that cannot be stored,
+        or a state payload over ``max_payload_bytes``, fails this execution and no other."""
+        fault: tuple[str, str] | None = None
+        try:
+            # details sit 3 levels deep in a history answer: checked with that headroom
+            data = _json_bytes([[[event.details]]])[3:-3]
+        except orjson.JSONEncodeError as exc:
+            fault = (RUNTIME, f"{UNSTORABLE_CAUSE}: {exc}")
+        else:
+            if len(data) <= self.max_payload_bytes:
+                return PreparedEvent(
+                    event.id, event.type, event.timestamp, event.state, event.details, data.decode()
+                )
+            for key in _PAYLOAD_KEYS:
+                if key in event.details:
+                    size = len(_json_bytes(event.details[key]))
+                    if size > self.max_payload_bytes:
+                        where = f"state {event.state!r}" if event.state else "the execution"
+                        fault = (
+                            DATA_LIMIT_EXCEEDED,
+                            f"{where}: its {key} is {size} bytes as JSON, over the "
+                            f"{self.max_payload_bytes}-byte limit",
+                        )
+                        break
+            if fault is None:
+                return PreparedEvent(
+                    event.id, event.type, event.timestamp, event.state, event.details, data.decode()
+                )
+        # The event is kept with its payload replaced by the reason it was not stored.
+        details = {"error": fault[0], "cause": fault[1]}
+        self._fault(run, *fault)
+        return PreparedEvent(
+            event.id, event.type, event.timestamp, event.state, details, _json_bytes(details).decode()
+        )
+
+    def _fault(self, run: _Run, error: str, cause: str) -> None:
+        """The execution broke a limit: it ends FAILED with ``error`` (terminal, never caught)."""
+        if run.fault is None and run.abort is None:
+            run.fault = (error, cause)
+            self._cancel(run, "FAILED", error, cause)
+
+    def _on_unstorable(self, execution_id: str, cause: str) -> None:
+        run = self._runs.get(execution_id)
+        if run is not None:
+            self._fault(run, RUNTIME, cause)
 
     async def _execute(self, run: _Run, compiled: _Compiled) -> ExecutionRecord:
         record = run.record
@@ -518,6 +727,9 @@ class WorkflowService:
         except Exception as exc:
             log.exception("workflow %s execution %s: interpreter error", record.workflow, record.id)
             status, error, cause = "FAILED", "States.Runtime", f"{type(exc).__name__}: {exc}"
+        if run.fault is not None:  # a limit it broke ends it FAILED, however the interpreter ended
+            status = "FAILED"
+            error, cause = run.fault
         if status != "SUCCEEDED":
             output = None
         try:
@@ -531,6 +743,7 @@ class WorkflowService:
         self, run: _Run, status: Status, output: Any, error: str | None, cause: str | None
     ) -> ExecutionRecord:
         now = self.clock.now()
+        error, cause = clean_text(error), clean_text(cause)  # as the store keeps them
         if run.last_type not in _FINAL_EVENTS:
             kind = {
                 "SUCCEEDED": "ExecutionSucceeded",
@@ -580,6 +793,10 @@ class WorkflowService:
                 )
             except NotFound as exc:
                 raise TaskFailure("Mlgate.NoSuchWorkflow", exc.message) from None
+            except PayloadTooLarge as exc:
+                raise TaskFailure(DATA_LIMIT_EXCEEDED, exc.message) from None
+            except InvalidInput as exc:
+                raise TaskFailure("Mlgate.InvalidParameters", exc.message) from None
             assert child.task is not None
             try:
                 ended = await asyncio.shield(child.task)
@@ -655,8 +872,9 @@ def create_workflow_service(
     dataplane: DataPlane | None,
     metrics: Metrics | None,
     services: Sequence[Service] = (),
+    settings: WorkflowSettings | None = None,
 ) -> WorkflowService:
     """The service a server runs: actions over its dataplane and store, services' functions."""
     functions = {name: fn for s in services for name, fn in s.functions.items()}
     actions = Actions(dataplane=dataplane, buckets=DataBuckets(store, s3=s3), functions=functions)
-    return WorkflowService(WorkflowStore(engine), actions=actions, metrics=metrics)
+    return WorkflowService(WorkflowStore(engine), actions=actions, metrics=metrics, settings=settings)

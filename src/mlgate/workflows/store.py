@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 import orjson
-from sqlalchemy import Connection, Engine, Row, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, Row, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy import exc as sa_exc
 
 from mlgate.db.engine import write_tx
@@ -44,11 +44,14 @@ __all__ = [
     "ExecutionRecord",
     "ExecutionSummary",
     "Finish",
+    "PreparedEvent",
     "RunningExecution",
     "Status",
+    "StoredJson",
     "WorkflowRecord",
     "WorkflowStore",
     "check_execution_name",
+    "clean_text",
     "dumps",
 ]
 
@@ -59,6 +62,7 @@ FINAL_STATUSES = frozenset(STATUSES[1:])
 EXECUTION_NAME_MAX = 80
 MAX_LIST = 1000
 MAX_HISTORY = 100_000
+_PURGE_BATCH = 500
 _ERROR_MAX = 256
 _CAUSE_MAX = 32_768
 
@@ -70,6 +74,20 @@ def dumps(value: Any) -> str:
 
 def _loads(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
+
+
+def clean_text(text: str | None) -> str | None:
+    """``text`` as every backend stores it: NUL (PostgreSQL refuses it in text columns) and
+    lone surrogates (not UTF-8) become U+FFFD. Used for the columns that are not JSON."""
+    if text is None:
+        return None
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
+    return text
 
 
 class EventLike(Protocol):
@@ -96,6 +114,27 @@ class ExecutionEvent:
     timestamp: datetime
     state: str | None
     details: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedEvent:
+    """An event whose ``details`` are already JSON text (serialised, and measured, by the
+    execution that emitted it: a value that cannot be stored fails that execution alone)."""
+
+    id: int
+    type: str
+    timestamp: datetime
+    state: str | None
+    details: Mapping[str, Any]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredJson:
+    """A value with its JSON text, serialised once: measured and stored from the same text."""
+
+    value: Any
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +229,7 @@ def _status(status: str) -> Status:
 
 
 def _clip(text: str | None, limit: int) -> str | None:
+    text = clean_text(text)
     return text if text is None or len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -277,13 +317,17 @@ class WorkflowStore:
         name = execution_id if name is None else name
         check_execution_name(name)
         started = started_at or utcnow()
+        try:
+            input_text = input.text if isinstance(input, StoredJson) else dumps(input)
+        except orjson.JSONEncodeError as exc:
+            raise InvalidInput(f"the input cannot be stored: {exc}") from None
         values = {
             "id": execution_id,
             "workflow": workflow,
             "name": name,
             "revision": revision,
             "status": "RUNNING",
-            "input": dumps(input),
+            "input": str(input_text),
             "owner": owner,
             "parent_id": parent_id,
             "runner": runner,
@@ -296,7 +340,7 @@ class WorkflowStore:
                 # constraint do the checking, explained below only when they refuse.
                 conn.execute(_INSERT_EXECUTION, values)
         except sa_exc.IntegrityError as exc:
-            raise self._start_refused(workflow, name) from exc
+            raise self._start_refused(workflow, name, owner) from exc
         return ExecutionRecord(
             id=execution_id,
             workflow=workflow,
@@ -309,18 +353,23 @@ class WorkflowStore:
             parent_id=parent_id,
             started_at=started,
             stopped_at=None,
-            input=input,
+            input=input.value if isinstance(input, StoredJson) else input,
         )
 
-    def _start_refused(self, workflow: str, name: str) -> Exception:
+    def _start_refused(self, workflow: str, name: str, owner: str | None) -> Exception:
         with self._engine.connect() as conn:
             if conn.execute(select(workflows.c.name).where(workflows.c.name == workflow)).first() is None:
                 return NotFound(f"no workflow {workflow!r}", details={"workflow": workflow})
             taken = conn.execute(
                 select(executions.c.id).where(
-                    and_(executions.c.workflow == workflow, executions.c.name == name)
+                    and_(
+                        executions.c.workflow == workflow,
+                        func.coalesce(executions.c.owner, "") == (owner or ""),
+                        executions.c.name == name,
+                    )
                 )
             ).first()
+        # Names are unique per owner: the execution in the way is always the caller's own.
         details = {"executionId": taken.id} if taken is not None else None
         return Conflict(f"workflow {workflow!r} already has an execution named {name!r}", details=details)
 
@@ -493,7 +542,12 @@ class WorkflowStore:
                 result = conn.execute(
                     update(executions)
                     .where(and_(executions.c.id == execution_id, executions.c.status == "RUNNING"))
-                    .values(status=_status(status), error=error, cause=cause, stopped_at=when)
+                    .values(
+                        status=_status(status),
+                        error=_clip(error, _ERROR_MAX),
+                        cause=_clip(cause, _CAUSE_MAX),
+                        stopped_at=when,
+                    )
                 )
                 if result.rowcount != 1:
                     continue
@@ -514,6 +568,53 @@ class WorkflowStore:
                 )
                 changed.append(execution_id)
         return changed
+
+    # -- retention ---------------------------------------------------------------------------
+
+    def purge(
+        self,
+        workflow: str,
+        *,
+        before: datetime | None = None,
+        keep: int | None = None,
+        batch: int = _PURGE_BATCH,
+    ) -> int:
+        """Delete finished executions of ``workflow`` (with their histories); never a RUNNING one.
+
+        ``before``: those started before it. ``keep``: the newest ``keep`` executions (RUNNING
+        ones count) are kept, the oldest finished ones beyond are deleted. Deletes in
+        transactions of at most ``batch`` executions; returns how many were deleted.
+        """
+        if keep is not None and keep < 0:
+            raise InvalidInput("keep must be >= 0")
+        finished = and_(executions.c.workflow == workflow, executions.c.status != "RUNNING")
+        victims: list[str] = []
+        with self._engine.connect() as conn:
+            if before is not None:
+                victims += conn.execute(
+                    select(executions.c.id).where(and_(finished, executions.c.started_at < before))
+                ).scalars()
+            if keep is not None:
+                total = conn.execute(
+                    select(func.count()).select_from(executions).where(executions.c.workflow == workflow)
+                ).scalar_one()
+                excess = total - keep - len(victims)
+                if excess > 0:
+                    query = select(executions.c.id).where(finished)
+                    if before is not None:  # those before it are victims already
+                        query = query.where(executions.c.started_at >= before)
+                    oldest = query.order_by(executions.c.started_at, executions.c.id).limit(excess)
+                    victims += conn.execute(oldest).scalars()
+        deleted = 0
+        for start in range(0, len(victims), batch):
+            ids = victims[start : start + batch]
+            with write_tx(self._engine) as conn:
+                conn.execute(delete(execution_events).where(execution_events.c.execution_id.in_(ids)))
+                result = conn.execute(
+                    delete(executions).where(and_(executions.c.id.in_(ids), executions.c.status != "RUNNING"))
+                )
+                deleted += result.rowcount
+        return deleted
 
 
 def _redeploy(
@@ -559,13 +660,14 @@ _FINISH = (
 
 
 def _event_row(execution_id: str, event: EventLike) -> dict[str, Any]:
+    text = event.text if isinstance(event, PreparedEvent) else dumps(dict(event.details))
     return {
         "execution_id": execution_id,
         "seq": event.id,
         "type": event.type,
         "timestamp": event.timestamp,
-        "state": event.state,
-        "details": dumps(dict(event.details)),
+        "state": clean_text(event.state),
+        "details": text,
     }
 
 

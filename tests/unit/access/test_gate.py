@@ -116,8 +116,11 @@ def test_changes_through_the_stores_apply_at_once(world: World) -> None:
     world.admit(key.secret)
     with pytest.raises(Throttled):
         world.admit(key.secret)
-    world.plans.attach(key.key.id, "large")  # a new plan: its own budget, at once
-    assert world.admit(key.secret).headers["X-RateLimit-Limit"] == "100"
+    world.plans.attach(key.key.id, "large")  # a new plan, at once — on the budget already spent
+    with pytest.raises(Throttled) as refused:
+        world.admit(key.secret)
+    assert refused.value.headers["X-RateLimit-Limit"] == "100"
+    assert world.admit(key.secret, now=NOW + 1000).headers["X-RateLimit-Limit"] == "100"
     world.keys.set_disabled(key.key.id, True)
     with pytest.raises(Forbidden):
         world.admit(key.secret)
