@@ -235,12 +235,18 @@ def wrk(
     seconds: float,
     headers: dict[str, str] | None = None,
     server: Server | None = None,
+    script: Path | None = None,
+    script_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """One bounded wrk run (1 thread: the load generator shares the 2 cores); server CPU per request."""
+    """One bounded wrk run (1 thread: the load generator shares the 2 cores); server CPU per request.
+
+    ``script`` replaces the default Lua script (``BENCH_BODY``/``BENCH_HEADERS``), with
+    ``script_env`` for its own variables."""
     env = {
         **os.environ,
         "BENCH_BODY": str(body_file),
         "BENCH_HEADERS": "\n".join(f"{k}: {v}" for k, v in (headers or {}).items()),
+        **(script_env or {}),
     }
     argv = [
         "wrk",
@@ -250,7 +256,7 @@ def wrk(
         "--timeout",
         "10s",
         "-s",
-        str(WRK_LUA),
+        str(script or WRK_LUA),
         f"http://127.0.0.1:{port}{path}",
     ]
     load = loadavg()[0]
@@ -275,3 +281,24 @@ def wrk(
     r["load1"] = load
     r["connections"] = connections
     return r
+
+
+def start_ready(spec: ServerSpec, logs: Path, *, poll_s: float = 0.02) -> Server:
+    """Start ``spec`` and wait until ``GET /readyz`` answers 200 (its first start timed)."""
+
+    class _Ready(Server):
+        def _wait_correct(self, started: float) -> float:
+            deadline = started + self.spec.startup_timeout
+            while time.perf_counter() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"{self.spec.key} exited: {self.tail()}")
+                try:
+                    if get(self.port, "/readyz")[0] == 200:
+                        return time.perf_counter() - started
+                except OSError:
+                    pass
+                time.sleep(poll_s)
+            self.stop()
+            raise RuntimeError(f"{self.spec.key}: not ready: {self.tail()}")
+
+    return _Ready(spec, logs)

@@ -7,7 +7,8 @@ limit; W3 the vehicle workflow when its route exists. Systems are interleaved ro
 reported, and every figure is also a ratio to the floor measured in the same round.
 
 Environment: ``BENCH_QUICK=1`` (1 round, 3 s points, FastAPI as the only peer),
-``BENCH_PEERS=fastapi-async,ray`` (a subset), ``BENCH_ROUNDS``, ``BENCH_SECONDS``,
+``BENCH_PEERS=fastapi-async,ray`` (a subset), ``BENCH_ONLY=mlgate-1w,w2,w3,all,scale`` (parts),
+``BENCH_ROUNDS``, ``BENCH_SECONDS``,
 ``BENCH_OUT`` (default docs/benchmarks.md). Raw results go to bench/results/<stamp>/.
 Run with the serving venv's python (``make bench`` does).
 """
@@ -32,8 +33,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import envs
+import gateway_scale
 import report
-from procs import Server, ServerSpec, get, loadavg, memory_mb, post, wrk
+from procs import Server, ServerSpec, loadavg, memory_mb, post, start_ready, wrk
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -137,7 +139,7 @@ def prepare_mlgate(
     )
     # /readyz is a GET: poll it by hand, timing the very first start.
     started = time.perf_counter()
-    server = _start_get_ready(spec, logs)
+    server = start_ready(spec, logs)
     first_ready = time.perf_counter() - started
     try:
         admin = {"x-api-key": ADMIN_KEY}
@@ -153,25 +155,6 @@ def prepare_mlgate(
     finally:
         server.stop()
     return {"key": key, "first_start_ready_s": first_ready, "env": env}
-
-
-def _start_get_ready(spec: ServerSpec, logs: Path) -> Server:
-    class _Get(Server):
-        def _wait_correct(self, started: float) -> float:
-            deadline = started + self.spec.startup_timeout
-            while time.perf_counter() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"{self.spec.key} exited: {self.tail()}")
-                try:
-                    if get(self.port, "/readyz")[0] == 200:
-                        return time.perf_counter() - started
-                except OSError:
-                    pass
-                time.sleep(0.02)
-            self.stop()
-            raise RuntimeError(f"{self.spec.key}: not ready: {self.tail()}")
-
-    return _Get(spec, logs)
 
 
 def mlgate_env(data_dir: Path, services: list[str] | None) -> dict[str, str]:
@@ -666,6 +649,10 @@ def main() -> int:
     results["w2"] = w2_part(out_dir, data, logs, results) if wanted("w2") else []
     results["w3"] = w3_rounds(out_dir, data, logs) if wanted("w3") else {}
     results["all_models"] = all_models(data / "all", logs) if wanted("all") else {}
+    if wanted("scale"):  # issue 13: 100,000 keys, 10,000 users, 50 models vs one of each
+        results["gateway_scale"] = gateway_scale.run(
+            out_dir, quick=QUICK, keep_data=os.environ.get("BENCH_KEEP_DATA") == "1"
+        )
     return finish(results, started, out_dir)
 
 
@@ -719,7 +706,13 @@ def finish(results: dict[str, Any], started: float, out_dir: Path) -> int:
     results["elapsed_s"] = time.time() - started
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     out = Path(os.environ.get("BENCH_OUT", ROOT / "docs" / "benchmarks.md"))
+    kept_scale = gateway_scale.read_section(out)  # report.write regenerates the file
     report.write(results, out)
+    scale = results.get("gateway_scale")
+    if scale:
+        gateway_scale.write_section(out, gateway_scale.render(scale), gateway_scale.target_row(scale))
+    elif kept_scale:  # the part was not run (BENCH_ONLY): keep the last measured section
+        gateway_scale.write_section(out, *kept_scale)
     log(f"done in {results['elapsed_s'] / 60:.1f} min: {out} (raw: {out_dir / 'results.json'})")
     return 0
 
@@ -800,7 +793,7 @@ def all_models(data_dir: Path, logs: Path) -> dict[str, Any]:
         check_ok,
         env=setup["env"],
     )
-    server = _start_get_ready(spec, logs)
+    server = start_ready(spec, logs)
     try:
         time.sleep(3)
         idle = memory_mb(server.pids())
