@@ -148,7 +148,9 @@ class _Reader:
 @models_app.command("push")
 def models_push(
     name: str,
-    path: Annotated[Path, typer.Argument(exists=True, help="a model file, or a folder of files")],
+    path: Annotated[
+        str, typer.Argument(help="a model file, a folder of files, or an s3://bucket/key the server fetches")
+    ],
     runtime: Annotated[str | None, typer.Option(help="runtime (default: from the extension)")] = None,
     artifact: Annotated[str | None, typer.Option(help="main file inside a folder")] = None,
     manifest: Annotated[Path | None, typer.Option(exists=True, help="manifest JSON file")] = None,
@@ -156,10 +158,14 @@ def models_push(
         list[str] | None, typer.Option(help="alias to point at the new version (repeatable)")
     ] = None,
     trusted: Annotated[bool, typer.Option(help="allow a pickle to load (it executes code)")] = False,
+    sha256: Annotated[
+        str | None, typer.Option(help="the sha256 an s3:// object must have (files are hashed here)")
+    ] = None,
     url: Url = "http://127.0.0.1:8000",
     api_key: ApiKeyOpt = None,
 ) -> None:
-    """Upload a new version of NAME from PATH."""
+    """Upload a new version of NAME from PATH (streamed, with progress; the server checks each
+    file's sha256), or register it from an s3:// URI the server fetches itself."""
     data: dict[str, Any] = json.loads(manifest.read_text()) if manifest else {}
     if runtime:
         data["runtime"] = runtime
@@ -167,8 +173,16 @@ def models_push(
         data["artifact"] = artifact
     if trusted:
         data["trusted"] = True
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    root = path.parent if path.is_file() else path
+    fields = {"manifest": json.dumps(data), "aliases": ",".join(alias or [])}
+    if path.startswith("s3://"):
+        _push_uri(name, path, sha256, fields, url, api_key)
+        return
+    local = Path(path)
+    if not local.exists():
+        err.print(f"[red]no such file or folder[/red]: {path}")
+        raise typer.Exit(2)
+    files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
+    root = local.parent if local.is_file() else local
     total = sum(p.stat().st_size for p in files)
     handles = [p.open("rb") for p in files]
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -181,21 +195,52 @@ def models_push(
             TransferSpeedColumn(),
             console=err.real(),
         ) as progress:
-            task = progress.add_task(f"uploading {name}", total=total)
-            parts = [
+            task = progress.add_task(f"hashing {name}", total=total)
+            digests = [_sha256(p, progress, task) for p in files]
+            progress.reset(task, description=f"uploading {name}", total=total)
+            parts: list[tuple[str, Any]] = [
                 (
                     "files",
                     (p.relative_to(root).as_posix(), _Reader(h, progress, task), "application/octet-stream"),
                 )
                 for p, h in zip(files, handles, strict=True)
             ]
-            form = {"manifest": json.dumps(data), "aliases": ",".join(alias or [])}
+            checks = [f"{p.relative_to(root).as_posix()}={d}" for p, d in zip(files, digests, strict=True)]
+            form: dict[str, Any] = {**fields, "sha256": checks}
             with _client(url, api_key, timeout=3600) as client:
-                body = _check(client.post(f"/v1/models/{name}/versions", files=parts, data=form))  # type: ignore[arg-type]
+                body = _check(client.post(f"/v1/models/{name}/versions", files=parts, data=form))
     finally:
         for h in handles:
             h.close()
+    _print_pushed(body, "checked by the server against this client's")
+
+
+def _sha256(path: Path, progress: Any, task: Any) -> str:
+    """A file's sha256, advancing the progress bar (the server checks it against what it received)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            progress.update(task, advance=len(chunk))
+    return digest.hexdigest()
+
+
+def _push_uri(
+    name: str, uri: str, sha256: str | None, fields: dict[str, str], url: str, api_key: str | None
+) -> None:
+    """Register a version from an object the server fetches itself (never through this client)."""
+    parts = [(k, (None, v)) for k, v in {**fields, "uri": uri, "sha256": sha256 or ""}.items() if v]
+    with err.real().status(f"the server is fetching {uri}"), _client(url, api_key, timeout=3600) as client:
+        body = _check(client.post(f"/v1/models/{name}/versions", files=parts))
+    _print_pushed(body, "checked by the server against --sha256" if sha256 else "computed by the server")
+
+
+def _print_pushed(body: dict[str, Any], how: str) -> None:
     console.print(f"[green]registered[/green] {body['model']} v{body['version']} ({body['runtime']})")
+    for rel, digest in sorted(body["files"].items()):
+        console.print(f"  sha256 {digest}  {rel}  ({how})")
 
 
 @models_app.command("alias")
@@ -206,6 +251,26 @@ def models_alias(
     with _client(url, api_key) as client:
         body = _check(client.put(f"/v1/models/{name}/aliases/{alias}", json={"version": version}))
     console.print(f"{body['model']}:{body['alias']} → v{body['version']}")
+
+
+@models_app.command("delete")
+def models_delete(
+    name: str,
+    version: Annotated[
+        int | None, typer.Option(help="delete this version only (refused while aliased)")
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Delete a version of NAME (--version N), or the whole model with its aliases and versions."""
+    what = f"{name} v{version}" if version is not None else f"model {name} and every version of it"
+    if not yes and not typer.confirm(f"delete {what}?"):
+        raise typer.Exit(1)
+    route = f"/v1/models/{name}/versions/{version}" if version is not None else f"/v1/models/{name}"
+    with _client(url, api_key) as client:
+        _check(client.delete(route))
+    console.print(f"[green]deleted[/green] {what}")
 
 
 @app.command()
@@ -281,6 +346,14 @@ def keys_disable(key_id: str, url: Url = "http://127.0.0.1:8000", api_key: ApiKe
     console.print(f"key {key_id} disabled")
 
 
+@keys_app.command("enable")
+def keys_enable(key_id: str, url: Url = "http://127.0.0.1:8000", api_key: ApiKeyOpt = None) -> None:
+    """Enable a disabled key again (admin)."""
+    with _client(url, api_key) as client:
+        _check(client.post(f"/v1/keys/{key_id}/enable"))
+    console.print(f"key {key_id} enabled")
+
+
 @keys_app.command("rotate")
 def keys_rotate(
     key_id: str,
@@ -314,6 +387,55 @@ def plans_create(
     console.print_json(data=plan)
 
 
+@plans_app.command("list")
+def plans_list(url: Url = "http://127.0.0.1:8000", api_key: ApiKeyOpt = None) -> None:
+    """List usage plans (admin)."""
+    with _client(url, api_key) as client:
+        plans = _check(client.get("/v1/plans"))["plans"]
+    table = _table("plan", "rate", "burst", "quota", "period", "offset", "description")
+    for p in plans:
+        cells = (p["rate"], p["burst"], p["quota_limit"], p["quota_period"], p["quota_offset"])
+        table.add_row(p["name"], *("" if c is None else str(c) for c in cells), p["description"])
+    console.print(table)
+
+
+@plans_app.command("update")
+def plans_update(
+    name: str,
+    rate: Annotated[float | None, typer.Option(help="steady requests per second")] = None,
+    burst: Annotated[int | None, typer.Option(help="bucket capacity")] = None,
+    quota: Annotated[int | None, typer.Option(help="requests per period")] = None,
+    period: Annotated[str | None, typer.Option(help="DAY, WEEK or MONTH")] = None,
+    offset: Annotated[int | None, typer.Option(help="days into the period the quota resets")] = None,
+    description: Annotated[str | None, typer.Option(help="a description")] = None,
+    no_rate: Annotated[bool, typer.Option("--no-rate", help="remove throttling (rate, burst)")] = False,
+    no_quota: Annotated[bool, typer.Option("--no-quota", help="remove the quota")] = False,
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Change some limits of a usage plan (what is not given is kept)."""
+    body: dict[str, Any] = {"rate": rate, "burst": burst, "quota_limit": quota, "quota_offset": offset}
+    body.update(quota_period=period.upper() if period else None, description=description)
+    body = {k: v for k, v in body.items() if v is not None}
+    if no_rate:
+        body["rate"] = None
+    if no_quota:
+        body["quota_limit"] = None
+    if not body:
+        err.print("nothing to change: give a limit, --description, --no-rate or --no-quota")
+        raise typer.Exit(2)
+    with _client(url, api_key) as client:
+        console.print_json(data=_check(client.patch(f"/v1/plans/{name}", json=body)))
+
+
+@plans_app.command("delete")
+def plans_delete(name: str, url: Url = "http://127.0.0.1:8000", api_key: ApiKeyOpt = None) -> None:
+    """Delete a usage plan (refused while a key uses it: detach it first)."""
+    with _client(url, api_key) as client:
+        _check(client.delete(f"/v1/plans/{name}"))
+    console.print(f"plan {name} deleted")
+
+
 @plans_app.command("attach")
 def plans_attach(
     plan: str,
@@ -326,6 +448,20 @@ def plans_attach(
     with _client(url, api_key) as client:
         _check(client.put(f"/v1/plans/{plan}/keys/{key_id}", params={"scope": scope}))
     console.print(f"key {key_id} -> plan {plan} (scope {scope})")
+
+
+@plans_app.command("detach")
+def plans_detach(
+    plan: str,
+    key_id: str,
+    scope: Annotated[str, typer.Option(help="the scope it was attached for ('*' or a model name)")] = "*",
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Detach a key from a plan for a scope (the key falls back to its global or the default plan)."""
+    with _client(url, api_key) as client:
+        _check(client.delete(f"/v1/plans/{plan}/keys/{key_id}", params={"scope": scope}))
+    console.print(f"key {key_id} detached from plan {plan} (scope {scope})")
 
 
 @plans_app.command("usage")
@@ -345,6 +481,68 @@ def plans_usage(
         counts = (r["requests"], r.get("units", r["requests"]), r["throttled"], r["errors"])
         table.add_row(r["key_id"], r["day"], r["scope"], *(str(n) for n in counts))
     console.print(table)
+
+
+# -- users -------------------------------------------------------------------------------------
+
+users_app = typer.Typer(help="User accounts (admin): create, list, disable, enable.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+
+@users_app.command("create")
+def users_create(
+    username: str,
+    password: Annotated[
+        str | None, typer.Option(help="the password (visible to ps: prefer the prompt or --password-stdin)")
+    ] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="read the password from stdin")
+    ] = False,
+    role: Annotated[str, typer.Option(help="user or admin")] = "user",
+    email: Annotated[str | None, typer.Option(help="e-mail address")] = None,
+    first_name: Annotated[str | None, typer.Option(help="first name")] = None,
+    last_name: Annotated[str | None, typer.Option(help="last name")] = None,
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Create a user account (with an admin key); the password is asked for unless given."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif password is None:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    body = {"username": username, "password": password, "role": role, "email": email}
+    body.update(first_name=first_name, last_name=last_name)
+    with _client(url, api_key) as client:
+        user = _check(client.post("/auth/create_user", json={k: v for k, v in body.items() if v is not None}))
+    console.print(f"[green]created[/green] user {user['username']} ({user['role']})")
+
+
+@users_app.command("list")
+def users_list(url: Url = "http://127.0.0.1:8000", api_key: ApiKeyOpt = None) -> None:
+    """List user accounts."""
+    with _client(url, api_key) as client:
+        users = _check(client.get("/v1/users"))["users"]
+    table = _table("username", "role", "email", "name", "disabled")
+    for u in users:
+        full = " ".join(n for n in (u.get("first_name"), u.get("last_name")) if n)
+        table.add_row(u["username"], u["role"], u.get("email") or "", full, str(u["disabled"]))
+    console.print(table)
+
+
+@users_app.command("disable")
+def users_disable(username: str, url: Url = "http://127.0.0.1:8000", api_key: ApiKeyOpt = None) -> None:
+    """Disable a user: their tokens and keys stop working at once."""
+    with _client(url, api_key) as client:
+        _check(client.post(f"/v1/users/{username}/disable"))
+    console.print(f"user {username} disabled")
+
+
+@users_app.command("enable")
+def users_enable(username: str, url: Url = "http://127.0.0.1:8000", api_key: ApiKeyOpt = None) -> None:
+    """Enable a user again (their keys work again)."""
+    with _client(url, api_key) as client:
+        _check(client.post(f"/v1/users/{username}/enable"))
+    console.print(f"user {username} enabled")
 
 
 # -- workflows ---------------------------------------------------------------------------------

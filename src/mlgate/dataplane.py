@@ -4,6 +4,12 @@ The dataplane knows nothing of HTTP; the FastAPI edge, a Lambda handler or a Ray
 replica all call :meth:`DataPlane.predict`. Loaded versions are kept by
 ``(model, version)``: moving an alias only changes which version the next request
 resolves to, while requests already holding the old version finish on it.
+
+A version that cannot load (a corrupt blob, a missing extra, a changed library) is recorded as
+failed — logged with its traceback, counted (``mlgate_model_load_failures_total``), listed by
+:meth:`DataPlane.failed` for ``/readyz`` — and the rest serves: start-up goes on, and requests
+for it get the recorded reason (503) without a new attempt for ``RETRY_FAILED_S`` seconds.
+A pushed version is loaded and warmed up by :meth:`DataPlane.trial_load` before it is registered.
 """
 
 from __future__ import annotations
@@ -12,8 +18,9 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,10 +28,13 @@ import numpy as np
 from mlgate.batching import Batcher
 from mlgate.cache import ArtifactCache
 from mlgate.errors import (
+    ConfigurationError,
+    InvalidArtifact,
     InvalidInput,
     MlgateError,
     ModelLoadError,
     PredictionFailed,
+    UnsafeArtifact,
     exception_summary,
     register_private_path,
 )
@@ -32,12 +42,16 @@ from mlgate.repository import Repository
 from mlgate.runtimes import create_runtime
 from mlgate.runtimes.base import LoadContext, ModelRuntime
 from mlgate.settings import Settings
+from mlgate.telemetry.context import current_request_id
 from mlgate.telemetry.metrics import Metrics, ModelMetrics
-from mlgate.types import Processor, VersionInfo
+from mlgate.types import Manifest, Processor, VersionInfo
 
-__all__ = ["DataPlane", "LoadedModel", "Prediction"]
+__all__ = ["RETRY_FAILED_S", "DataPlane", "LoadedModel", "Prediction"]
 
 log = logging.getLogger("mlgate.dataplane")
+
+#: A failed version is tried again by a request at most this often (an alias move always tries).
+RETRY_FAILED_S = 30.0
 
 
 @dataclass(slots=True)  # not frozen: one per request, and a frozen __init__ costs ~3x
@@ -58,6 +72,9 @@ class LoadedModel:
     load_seconds: float
     timeout_s: float
     processor: Processor | None = None
+    #: the manifest's ``input_schema`` as a check of each payload (None: nothing declared, or a
+    #: processor defines the request's shape)
+    check_input: Callable[[Any], None] | None = None
 
 
 class DataPlane:
@@ -89,6 +106,8 @@ class DataPlane:
         # (name, ref) -> (monotonic expiry, LoadedModel): resolve + ensure_loaded in one lookup,
         # valid exactly as long as the alias resolution it came from.
         self._serving: dict[tuple[str, str | int | None], tuple[float, LoadedModel]] = {}
+        # (model, version) -> (monotonic time of the failed attempt, its public reason)
+        self._failed: dict[tuple[str, int], tuple[float, str]] = {}
         self.ready = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -101,8 +120,11 @@ class DataPlane:
                 if not versions and model.latest_version is not None:
                     versions = {model.latest_version}
                 for v in sorted(versions):
-                    info = await asyncio.to_thread(self.repository.get_version, model.name, v)
-                    await self.ensure_loaded(info)
+                    try:
+                        info = await asyncio.to_thread(self.repository.get_version, model.name, v)
+                        await self.ensure_loaded(info)
+                    except MlgateError:
+                        continue  # logged, counted and listed as failed: the rest still serves
         self.ready = True
 
     async def stop(self) -> None:
@@ -118,6 +140,22 @@ class DataPlane:
     def is_loaded(self, name: str, version: int) -> bool:
         return (name, version) in self._loaded
 
+    def failed(self) -> dict[tuple[str, int], str]:
+        """The versions whose last load failed, with the (public) reason."""
+        return {key: reason for key, (_, reason) in self._failed.items()}
+
+    async def unload(self, name: str, version: int | None = None) -> None:
+        """Forget a deleted version (every version of ``name`` when ``version`` is None)."""
+        keys = [k for k in (*self._loaded, *self._failed) if k[0] == name and version in (None, k[1])]
+        self.invalidate()
+        for key in keys:
+            self._failed.pop(key, None)
+            self._locks.pop(key, None)
+            loaded = self._loaded.pop(key, None)
+            if loaded is not None:
+                await loaded.batcher.stop()  # requests still queued get a 503 to retry
+                loaded.runtime.close()
+
     # -- resolution ------------------------------------------------------------------------
 
     def invalidate(self) -> None:
@@ -128,11 +166,13 @@ class DataPlane:
         self._alias_epoch += 1
 
     async def resolve(self, name: str, ref: str | int | None = None) -> VersionInfo:
-        """Resolve a version/alias, cached for ``alias_ttl_s`` seconds (numbers are immutable)."""
+        """Resolve a version/alias, cached for ``alias_ttl_s`` seconds (a version is immutable, but a
+        deleted version's number may be registered again: :meth:`ensure_loaded` tells them apart)."""
         key = (name, ref)
         now = time.monotonic()
         hit = self._aliases.get(key)
-        if hit is not None and (isinstance(ref, int) or now - hit[0] < self.settings.alias_ttl_s):
+        # Numbers are cached as long as aliases: a deleted version's number may name a new one.
+        if hit is not None and now - hit[0] < self.settings.alias_ttl_s:
             return hit[1]
         lookup = self._resolving.get(key)
         if lookup is None:
@@ -157,24 +197,78 @@ class DataPlane:
 
     # -- loading ---------------------------------------------------------------------------
 
-    async def ensure_loaded(self, info: VersionInfo) -> LoadedModel:
+    async def ensure_loaded(self, info: VersionInfo, *, retry: bool = False) -> LoadedModel:
+        """The version in memory, loaded (and warmed up) first if needed.
+
+        A version whose last load failed less than ``RETRY_FAILED_S`` ago raises its recorded
+        :class:`ModelLoadError` again at once, unless ``retry`` (an alias about to move to it).
+        """
         key = (info.model, info.version)
         loaded = self._loaded.get(key)
         if loaded is not None:
-            return loaded
+            if loaded.info.created_at == info.created_at or loaded.info.manifest == info.manifest:
+                return loaded
+            # The number now names another version: this one was deleted (by another process)
+            # and the number registered again. The old model must not answer for it.
+            await self.unload(info.model, info.version)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             loaded = self._loaded.get(key)
             if loaded is None:
-                loaded = await self._load(info)
+                failed = self._failed.get(key)
+                if failed is not None and not retry and time.monotonic() - failed[0] < RETRY_FAILED_S:
+                    raise ModelLoadError(failed[1], details={"model": info.model, "version": info.version})
+                try:
+                    loaded = await self._load(info)
+                except MlgateError as exc:
+                    # A missing blob (404), a corrupt one (502), a missing extra (500): for a
+                    # client it is one thing, this version does not load here (503). An
+                    # untrusted pickle keeps its 422: it never loads anywhere.
+                    error = exc
+                    if not isinstance(exc, ModelLoadError | UnsafeArtifact):
+                        error = ModelLoadError(
+                            f"could not load {info.model} v{info.version}: {exc}",
+                            details={"model": info.model, "version": info.version},
+                        )
+                    self._failed[key] = (time.monotonic(), error.message)
+                    self.metrics.load_failures.labels(info.model, str(info.version)).inc()
+                    if error is exc:
+                        raise
+                    raise error from exc
+                self._failed.pop(key, None)
                 self._loaded[key] = loaded
         return loaded
 
-    def _trusted(self, info: VersionInfo) -> bool:
-        artifact_sha = info.manifest.files.get(info.manifest.artifact)
-        return info.manifest.trusted or (
-            artifact_sha is not None and artifact_sha in self.settings.trusted_sha256
-        )
+    def trial_load(self, name: str, manifest: Manifest, artifact_dir: Path) -> None:
+        """Load a version about to be pushed from its local files and run its warm-up prediction
+        (blocking: run it in a thread). :class:`InvalidArtifact` with the reason when either fails
+        (:class:`UnsafeArtifact` when it may not load at all); logged and counted as version 'push'."""
+        runtime: ModelRuntime | None = None
+        try:
+            if name not in self.processors:
+                _input_check(manifest)  # a schema that is not one is refused here
+            runtime = create_runtime(manifest.runtime)
+            runtime.load(LoadContext(artifact_dir, manifest, trusted=self._trusted(manifest)))
+            warm = runtime.warmup_input()
+            if warm is not None:
+                runtime.predict([warm])
+        except UnsafeArtifact:
+            raise
+        except Exception as exc:
+            log.warning("pushed version of %s refused: it does not load or warm up", name, exc_info=exc)
+            self.metrics.load_failures.labels(name, "push").inc()
+            reason = exc.message if isinstance(exc, MlgateError) else exception_summary(exc)
+            raise InvalidArtifact(
+                f"the version was not registered: it does not load or warm up here ({reason})",
+                details={"model": name},
+            ) from exc
+        finally:
+            if runtime is not None:
+                runtime.close()
+
+    def _trusted(self, manifest: Manifest) -> bool:
+        artifact_sha = manifest.files.get(manifest.artifact)
+        return manifest.trusted or (artifact_sha is not None and artifact_sha in self.settings.trusted_sha256)
 
     async def _load(self, info: VersionInfo) -> LoadedModel:
         started = time.perf_counter()
@@ -201,7 +295,17 @@ class DataPlane:
         metrics.cold_starts.inc()
         metrics.load_seconds.set(elapsed)
         timeout = info.manifest.timeout_s or self.settings.default_timeout_s
-        return LoadedModel(info, runtime, batcher, metrics, elapsed, timeout, self._processor_for(info))
+        processor = self._processor_for(info)
+        return LoadedModel(
+            info,
+            runtime,
+            batcher,
+            metrics,
+            elapsed,
+            timeout,
+            processor,
+            _input_check(info.manifest) if processor is None else None,
+        )
 
     def _processor_for(self, info: VersionInfo) -> Processor | None:
         processor = self.processors.get(info.model)
@@ -214,7 +318,7 @@ class DataPlane:
     def _load_runtime(self, info: VersionInfo) -> ModelRuntime:
         local = self.cache.fetch(info)
         runtime = create_runtime(info.manifest.runtime)
-        runtime.load(LoadContext(local, info.manifest, trusted=self._trusted(info)))
+        runtime.load(LoadContext(local, info.manifest, trusted=self._trusted(info.manifest)))
         warm = runtime.warmup_input()
         if warm is not None:
             runtime.predict([warm])
@@ -226,14 +330,14 @@ class DataPlane:
         """One prediction through the model's processor (if any), runtime and batcher."""
         serving = self._serving.get((name, version))
         if serving is not None and time.monotonic() < serving[0]:
-            loaded = serving[1]  # resolved and loaded within alias_ttl_s (numbers: for good)
+            loaded = serving[1]  # resolved and loaded within alias_ttl_s
         else:
             info = await self.resolve(name, version)
             loaded = await self.ensure_loaded(info)
             cached = self._aliases.get((name, version))
             if cached is not None and cached[1] is info:  # still the current resolution
-                until = math.inf if isinstance(version, int) else cached[0] + self.settings.alias_ttl_s
-                self._serving[(name, version)] = (until, loaded)
+                # numbers too: a deleted version's number may be registered again elsewhere
+                self._serving[(name, version)] = (cached[0] + self.settings.alias_ttl_s, loaded)
         return await self._serve(loaded, payload)
 
     async def predict_many(
@@ -270,6 +374,8 @@ class DataPlane:
     async def _serve(self, loaded: LoadedModel, payload: Any) -> Prediction:
         m = loaded.metrics
         try:
+            if loaded.check_input is not None:
+                loaded.check_input(payload)
             item = loaded.processor.decode(payload) if loaded.processor is not None else payload
             if loaded.runtime.heavy_decode:
                 x = await asyncio.to_thread(loaded.runtime.decode, item)
@@ -282,6 +388,7 @@ class DataPlane:
             except MlgateError:
                 raise
             except Exception as exc:
+                _log_failure("the model raised", loaded, exc)
                 raise PredictionFailed(f"the model failed on this input: {type(exc).__name__}") from exc
             m.invocations.inc()
             m.latency.observe(time.perf_counter() - started)
@@ -294,6 +401,7 @@ class DataPlane:
             raise
         except Exception as exc:
             # A processor or encoder bug: a clear 500 for this item only, counted like the rest.
+            _log_failure("processing failed", loaded, exc)
             m.error(PredictionFailed.code)
             raise PredictionFailed(f"could not process this input: {type(exc).__name__}") from exc
         return Prediction(loaded.info.model, loaded.info.version, out)
@@ -306,10 +414,44 @@ class DataPlane:
         except MlgateError:
             raise
         except Exception as exc:
+            _log_failure("the model raised", loaded, exc)
             raise PredictionFailed(f"the model failed on this input: {type(exc).__name__}") from exc
         loaded.metrics.invocations.inc()
         loaded.metrics.latency.observe(time.perf_counter() - started)
         return y
+
+
+def _input_check(manifest: Manifest) -> Callable[[Any], None] | None:
+    """The manifest's ``input_schema`` (JSON Schema) as a check raising a clear 400, or None."""
+    schema = manifest.input_schema
+    if not schema:
+        return None
+    from jsonschema import exceptions, validators  # type: ignore[import-untyped]  # declared schemas only
+
+    cls = validators.validator_for(schema)
+    try:
+        cls.check_schema(schema)
+    except exceptions.SchemaError as exc:
+        raise ConfigurationError(f"input_schema is not a valid JSON Schema: {exc.message}") from None
+    validator = cls(schema)
+
+    def check(payload: Any) -> None:
+        error = exceptions.best_match(validator.iter_errors(payload))
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "(the whole input)"
+            message = error.message if len(error.message) <= 200 else error.message[:199] + "…"
+            raise InvalidInput(
+                f"input does not match the model's input_schema at {where}: {message}",
+                details={"path": list(error.absolute_path), "rule": "/".join(map(str, error.schema_path))},
+            )
+
+    return check
+
+
+def _log_failure(what: str, loaded: LoadedModel, exc: BaseException) -> None:
+    """A model's (or processor's) exception: its traceback in the server log, never in the answer."""
+    info = loaded.info
+    log.error("%s on %s v%s (request %s)", what, info.model, info.version, current_request_id(), exc_info=exc)
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

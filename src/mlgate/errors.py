@@ -25,6 +25,7 @@ services may render their own historical envelope instead).
     ├── Throttled (429 throttled)                 token bucket empty; carries ``retry_after``
     ├── QuotaExceeded (429 quota_exceeded)        plan quota used up; carries ``retry_after``
     ├── UnsafeArtifact (422 unsafe_artifact)       pickle without trust, hash mismatch on upload
+    ├── InvalidArtifact (422 invalid_artifact)     a pushed version that does not load or warm up
     ├── ConfigurationError (500 configuration_error)
     ├── PredictionFailed (500 prediction_failed)   the model raised on an input that decoded fine
     ├── StoreError (502 store_error)               object store unreachable or object missing
@@ -55,6 +56,7 @@ __all__ = [
     "Forbidden",
     "HeadersTooLarge",
     "IntegrityError",
+    "InvalidArtifact",
     "InvalidInput",
     "LimiterUnavailable",
     "MlgateError",
@@ -298,6 +300,13 @@ class UnsafeArtifact(MlgateError):
 
     status = 422
     code = "unsafe_artifact"
+
+
+class InvalidArtifact(MlgateError):
+    """A pushed version failed its trial load or warm-up prediction: it is not registered."""
+
+    status = 422
+    code = "invalid_artifact"
 
 
 class ConfigurationError(MlgateError):

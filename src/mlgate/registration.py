@@ -4,12 +4,19 @@ Files go to the store content-addressed (``blobs/sha256/<hex>``) *before* the ve
 is written, so a version is never visible without its files; identical files are
 stored once. Bundled and URI-declared models register idempotently: the same files
 give back the same version.
+
+A pushed version is first loaded and warmed up from its local files (``verify``): one that
+does not is never registered. Deleting a version or a model deletes the blobs no remaining
+version references.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from mlgate.cache import ArtifactCache, sha256_file
@@ -20,7 +27,12 @@ from mlgate.settings import Settings
 from mlgate.store import ArtifactStore, open_store, split_uri, validate_key
 from mlgate.types import BundledModel, Manifest, VersionInfo
 
-__all__ = ["PICKLE_SUFFIXES", "Registrar", "runtime_for_suffix"]
+__all__ = ["PICKLE_SUFFIXES", "Registrar", "Verify", "runtime_for_suffix"]
+
+log = logging.getLogger("mlgate.registration")
+
+#: ``verify(manifest, artifact_dir)``: load and warm up a version from its local files, or raise.
+Verify = Callable[[Manifest, Path], None]
 
 #: Formats whose loading executes code.
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pt", ".pth")
@@ -65,12 +77,13 @@ class Registrar:
         digest = files[manifest.artifact]
         if (
             Path(manifest.artifact).suffix.lower() in PICKLE_SUFFIXES
+            and manifest.runtime != "torchscript"  # it loads TorchScript safely, refuses pickles itself
             and not manifest.trusted
             and digest not in self.settings.trusted_sha256
         ):
             raise UnsafeArtifact(
                 f"'{manifest.artifact}' is a pickle, and loading a pickle executes code: "
-                "mark the version trusted or pin its sha256 in MLGATE_TRUSTED_SHA256 "
+                "mark the version trusted (models push --trusted) or pin its sha256 in MLGATE_TRUSTED_SHA256 "
                 "(prefer a safe format: skops, ONNX)"
             )
 
@@ -83,22 +96,56 @@ class Registrar:
         description: str = "",
         aliases: tuple[str, ...] = (),
         progress: Callable[[int], None] | None = None,
+        hashes: Mapping[str, str] | None = None,
+        verify: Verify | None = None,
     ) -> VersionInfo:
-        """Store ``files`` (relpath -> local path) and register them as a new version."""
+        """Store ``files`` (relpath -> local path) and register them as a new version
+        (``hashes``: their sha256, when computed already — as an upload was written to disk).
+
+        ``verify`` is called first with the manifest and a folder holding the files under their
+        relpaths; whatever it raises refuses the version before anything is stored.
+        """
         if not files:
             raise InvalidInput("a version needs at least one file")
-        hashes = {validate_key(rel): sha256_file(path) for rel, path in files.items()}
+        if hashes is None:
+            hashes = {validate_key(rel): sha256_file(path) for rel, path in files.items()}
+        else:
+            hashes = {validate_key(rel): hashes[rel] for rel in files}
         manifest = manifest.model_copy(update={"files": hashes})
         self.check(manifest, hashes)
-        for rel, path in files.items():
-            key = ArtifactCache.blob_key(hashes[validate_key(rel)])
-            if not self.store.exists(key):
-                self.store.put_file(key, path, progress=progress)
+        if verify is not None:
+            with _laid_out(files) as root:
+                verify(manifest, root)
+        self._put_blobs(files, hashes, progress)
         self.repository.ensure_model(name, description=description)
         info = self.repository.add_version(name, manifest)
+        # A deletion that released one of these blobs may have committed after the first check
+        # and before add_version: the blob is gone and this version references it. Put it back.
+        self._put_blobs(files, hashes, None)
         for alias in aliases:
             self.repository.set_alias(name, alias, info.version)
         return info
+
+    def _put_blobs(
+        self, files: Mapping[str, Path], hashes: Mapping[str, str], progress: Callable[[int], None] | None
+    ) -> None:
+        for rel, path in files.items():
+            key = ArtifactCache.blob_key(hashes[rel])
+            if not self.store.exists(key):
+                self.store.put_file(key, path, progress=progress)
+
+    def delete_version(self, name: str, version: int) -> VersionInfo:
+        """Delete a version (refused while aliased) and the blobs nothing else references."""
+        return self.repository.delete_version(name, version, release=self._release)
+
+    def delete_model(self, name: str) -> list[VersionInfo]:
+        """Delete a model, its aliases and versions, and the blobs nothing else references."""
+        return self.repository.delete_model(name, release=self._release)
+
+    def _release(self, digests: set[str]) -> None:
+        for sha in sorted(digests):
+            self.store.delete(ArtifactCache.blob_key(sha))
+        log.info("released %d unreferenced blob(s) from the store", len(digests))
 
     def register_bundled(self, bundled: BundledModel) -> VersionInfo:
         """Register a service's shipped model once; set its aliases only where unset."""
@@ -136,6 +183,21 @@ class Registrar:
             self.repository.set_alias(name, "production", info.version)
         return info
 
+    def fetch_uri(self, uri: str, folder: Path) -> tuple[str, Path, str]:
+        """Download the object ``uri`` names (``s3://bucket/key``) into ``folder``, for a version
+        registered from a URI instead of an upload: its file name, local path and sha256."""
+        if not uri.startswith("s3://"):
+            raise InvalidInput(f"a version is registered from s3://bucket/key URIs only, not {uri!r}")
+        try:
+            prefix, key = split_uri(uri)
+        except ConfigurationError as exc:
+            raise InvalidInput(exc.message) from None
+        local = folder / key
+        if local.exists():
+            raise InvalidInput("file names must be unique")
+        open_store(prefix, s3=self.settings.s3).download(key, local)
+        return key, local, sha256_file(local)
+
     def _model_exists(self, name: str) -> bool:
         return any(m.name == name for m in self.repository.list_models())
 
@@ -144,3 +206,27 @@ class Registrar:
         for alias in aliases:
             if alias not in current:
                 self.repository.set_alias(info.model, alias, info.version)
+
+
+@contextmanager
+def _laid_out(files: Mapping[str, Path]) -> Iterator[Path]:
+    """A folder where each file is at its relpath: theirs when they already are, else links to them."""
+    roots = {_root_of(rel, path) for rel, path in files.items()}
+    root = roots.pop() if len(roots) == 1 else None
+    if root is not None:
+        yield root
+        return
+    with tempfile.TemporaryDirectory(prefix="mlgate-verify-") as tmp:
+        for rel, path in files.items():
+            target = Path(tmp) / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(path.resolve(), target)
+        yield Path(tmp)
+
+
+def _root_of(rel: str, path: Path) -> Path | None:
+    """The folder ``path`` is ``rel`` under, or None when it is not laid out so."""
+    parts = Path(rel).parts
+    if len(path.parts) <= len(parts) or path.parts[-len(parts) :] != parts:
+        return None
+    return Path(*path.parts[: -len(parts)])

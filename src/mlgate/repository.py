@@ -17,7 +17,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, func, insert, select, update
@@ -192,6 +192,58 @@ class Repository:
                     return info
         return None
 
+    def delete_version(
+        self, name: str, version: int, *, release: Callable[[set[str]], None] | None = None
+    ) -> VersionInfo:
+        """Delete one version; :class:`Conflict` while an alias points at it.
+
+        ``release`` is called, inside the write transaction, with the sha256 of the version's
+        content-addressed files that no remaining version references: the caller deletes those
+        blobs then, before any other registry writer (a push of the same bytes) can run.
+        """
+        with write_tx(self._engine) as conn:
+            _bump(conn)
+            info = _require_version(conn, name, version)
+            pointing = sorted(
+                conn.scalars(
+                    select(aliases.c.alias).where(aliases.c.model == name, aliases.c.version == version)
+                )
+            )
+            if pointing:
+                raise Conflict(
+                    f"model {name!r} version {version} is aliased ({', '.join(pointing)}): "
+                    "move or delete the alias first",
+                    details={"model": name, "version": version, "aliases": pointing},
+                )
+            conn.execute(
+                model_versions.delete().where(
+                    model_versions.c.model == name, model_versions.c.version == version
+                )
+            )
+            if release is not None:
+                unreferenced = _unreferenced(conn, [info])
+                if unreferenced:
+                    release(unreferenced)
+        return info
+
+    def delete_model(
+        self, name: str, *, release: Callable[[set[str]], None] | None = None
+    ) -> list[VersionInfo]:
+        """Delete a model with its aliases and every version; ``release`` as :meth:`delete_version`."""
+        with write_tx(self._engine) as conn:
+            _bump(conn)
+            _require_model(conn, name)
+            rows = conn.execute(select(model_versions).where(model_versions.c.model == name))
+            versions = [_version_info(row) for row in rows]
+            conn.execute(aliases.delete().where(aliases.c.model == name))
+            conn.execute(model_versions.delete().where(model_versions.c.model == name))
+            conn.execute(models.delete().where(models.c.name == name))
+            if release is not None:
+                unreferenced = _unreferenced(conn, versions)
+                if unreferenced:
+                    release(unreferenced)
+        return versions
+
     # -- aliases --------------------------------------------------------------------------
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
@@ -297,6 +349,25 @@ def _alias_version(conn: Connection, name: str, alias: str) -> int | None:
 def _latest_version(conn: Connection, name: str) -> int | None:
     version = conn.scalar(select(func.max(model_versions.c.version)).where(model_versions.c.model == name))
     return None if version is None else int(version)
+
+
+def _unreferenced(conn: Connection, deleted: list[VersionInfo]) -> set[str]:
+    """The content-addressed files of ``deleted`` that no remaining version lists (any model).
+
+    A manifest names each file's sha256 (64 hex digits), so a text match is exact enough; a
+    false match (the digest quoted in a description) only keeps a blob.
+    """
+    digests = {sha for info in deleted if not info.location for sha in info.manifest.files.values()}
+    unreferenced: set[str] = set()
+    for sha in sorted(digests):
+        used = conn.scalar(
+            select(func.count())
+            .select_from(model_versions)
+            .where(model_versions.c.location == "", model_versions.c.manifest.contains(sha, autoescape=True))
+        )
+        if not used:
+            unreferenced.add(sha)
+    return unreferenced
 
 
 def _version_info(row: Row[Any]) -> VersionInfo:

@@ -214,6 +214,11 @@ class Settings(BaseSettings):
     s3: S3Settings = Field(default_factory=S3Settings)
 
     max_body_bytes: int = Field(default=6 * 1024 * 1024, ge=1024, description="larger bodies get 413")
+    max_upload_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=1024,
+        description="model uploads (streamed to disk, not held in memory); larger get 413",
+    )
     max_inflight: int = Field(
         default=64,
         ge=0,

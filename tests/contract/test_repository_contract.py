@@ -247,6 +247,47 @@ def test_resolve_errors(repo: Repository) -> None:
 # -- change detection and multi-process behaviour -----------------------------------------
 
 
+def test_delete_version_refused_while_aliased_and_releases_unreferenced_digests(repo: Repository) -> None:
+    repo.create_model("m")
+    repo.create_model("n")
+    repo.add_version("m", manifest("a"))
+    repo.add_version("m", manifest("b"))
+    repo.add_version("m", manifest("c"))
+    repo.add_version("n", manifest("c"))  # shares m v3's file
+    repo.add_version("n", manifest("d"), location="s3://bucket/models")  # not content-addressed
+    repo.set_alias("m", "production", 1)
+    released: list[set[str]] = []
+    with pytest.raises(Conflict) as refused:
+        repo.delete_version("m", 1, release=released.append)
+    assert refused.value.details["aliases"] == ["production"]
+    assert repo.delete_version("m", 2, release=released.append).version == 2
+    assert repo.delete_version("m", 3, release=released.append).version == 3
+    assert released == [{"b" * 64}]  # "c" is still n's
+    assert [v.version for v in repo.list_versions("m")] == [1]
+    with pytest.raises(VersionNotFound):
+        repo.delete_version("m", 2)
+    with pytest.raises(ModelNotFound):
+        repo.delete_version("nope", 1)
+    assert repo.get_model("m").latest_version == 1
+    assert repo.add_version("m", manifest("e")).version == 2  # numbering goes on from the latest
+
+
+def test_delete_model_removes_aliases_and_versions(repo: Repository) -> None:
+    repo.create_model("m")
+    repo.add_version("m", manifest("a"))
+    repo.add_version("m", manifest("b"))
+    repo.set_alias("m", "production", 2)
+    released: list[set[str]] = []
+    assert [v.version for v in repo.delete_model("m", release=released.append)] == [1, 2]
+    assert released == [{"a" * 64, "b" * 64}]
+    with pytest.raises(ModelNotFound):
+        repo.get_model("m")
+    with pytest.raises(ModelNotFound):
+        repo.delete_model("m")
+    repo.create_model("m")  # the name is free again
+    assert repo.add_version("m", manifest("a")).version == 1
+
+
 def test_generation_bumps_on_every_change(repo: Repository) -> None:
     start = repo.generation()
     repo.create_model("iris")

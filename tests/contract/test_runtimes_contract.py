@@ -209,7 +209,16 @@ def test_unknown_runtime_is_a_configuration_error() -> None:
 
 
 def test_registry_names_match_classes() -> None:
-    assert set(RUNTIMES) == {"sklearn", "onnx", "opencv-dnn", "tflite", "python", "keras", "yolo"}
+    assert set(RUNTIMES) == {
+        "sklearn",
+        "onnx",
+        "opencv-dnn",
+        "tflite",
+        "python",
+        "keras",
+        "yolo",
+        "torchscript",
+    }
     for name, cls in RUNTIMES.items():
         assert cls.name == name
         assert isinstance(create_runtime(name), cls)

@@ -199,3 +199,161 @@ def test_unreachable_server_is_a_clear_error(server: ServerProcess) -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr
     assert down in flat(result.stderr)
+
+
+# -- admin parity with the HTTP API (issue 14, part 5) -----------------------------------------
+
+
+def cells(line: str) -> list[str]:
+    """A table row's cells (Rich's box characters dropped)."""
+    return [c.strip() for c in line.replace("┃", "│").split("│") if c.strip()]
+
+
+def row_of(out: str, first: str) -> list[str]:
+    return next(cells(line) for line in out.splitlines() if cells(line)[:1] == [first])
+
+
+def _plans(server: ServerProcess) -> dict[str, dict[str, Any]]:
+    import httpx
+
+    body = httpx.get(f"{server.url}/v1/plans", headers={"x-api-key": ADMIN_KEY}, timeout=10).json()
+    return {p["name"]: p for p in body["plans"]}
+
+
+def test_plans_list_update_detach_delete(server: ServerProcess) -> None:
+    ok(mlgate(server, "plans", "create", "cliplan", "--rate", "5", "--quota", "100", "--period", "day"))
+    listing = ok(mlgate(server, "plans", "list"))
+    assert row_of(listing, "cliplan") == ["cliplan", "5.0", "5", "100", "DAY", "0"], listing
+    assert row_of(listing, "reference")[:6] == ["reference", "10.0", "10", "1000", "MONTH", "0"], listing
+
+    updated = json.loads(
+        ok(mlgate(server, "plans", "update", "cliplan", "--rate", "7", "--burst", "20", "--description", "x"))
+    )
+    assert (updated["rate"], updated["burst"], updated["quota_limit"], updated["description"]) == (
+        7.0,
+        20,
+        100,
+        "x",
+    )
+    no_quota = json.loads(ok(mlgate(server, "plans", "update", "cliplan", "--no-quota")))
+    assert (no_quota["quota_limit"], no_quota["quota_period"], no_quota["rate"]) == (None, None, 7.0)
+    assert _plans(server)["cliplan"]["burst"] == 20
+    nothing = mlgate(server, "plans", "update", "cliplan")
+    assert nothing.returncode == 2
+    assert "nothing to change" in flat(nothing.stderr)
+
+    created = ok(mlgate(server, "keys", "create", "--name", "planned", "--plan", "cliplan"))
+    key_id = created.split("created key ")[1].split()[0]
+    bad = mlgate(server, "plans", "update", "cliplan", "--no-rate")  # a user key would be unmetered
+    assert bad.returncode == 1
+    assert "error 400" in flat(bad.stderr)
+    refused = mlgate(server, "plans", "delete", "cliplan")
+    assert refused.returncode == 1
+    assert "error 409" in flat(refused.stderr)
+    assert "detach" in flat(refused.stderr)
+    detached = ok(mlgate(server, "plans", "detach", "cliplan", key_id))
+    assert f"key {key_id} detached from plan cliplan (scope *)" in flat(detached)
+    again = mlgate(server, "plans", "detach", "cliplan", key_id)
+    assert again.returncode == 1
+    assert "error 404" in flat(again.stderr)
+    assert "plan cliplan deleted" in flat(ok(mlgate(server, "plans", "delete", "cliplan")))
+    assert "cliplan" not in _plans(server)
+    assert mlgate(server, "plans", "delete", "cliplan").returncode == 1
+
+    # admin only
+    user_key = server.api_key
+    for args in (
+        ("plans", "list"),
+        ("plans", "update", "reference", "--rate", "1"),
+        ("plans", "delete", "x"),
+    ):
+        denied = mlgate(server, *args, api_key=user_key)
+        assert denied.returncode == 1, args
+        assert "error 403" in flat(denied.stderr), args
+
+
+def test_keys_disable_enable_and_rotate_with_grace(server: ServerProcess) -> None:
+    import httpx
+
+    created = ok(mlgate(server, "keys", "create", "--name", "toggled", "--plan", "roomy"))
+    key_id = created.split("created key ")[1].split()[0]
+    secret = created.strip().splitlines()[-1]
+    url = f"{server.url}/v1/models/temperatura/predict"
+    body = {"temperaturas": SEED}
+
+    def status(key: str) -> int:
+        return httpx.post(url, json=body, headers={"x-api-key": key}, timeout=30).status_code
+
+    assert status(secret) == 200
+    assert f"key {key_id} disabled" in flat(ok(mlgate(server, "keys", "disable", key_id)))
+    assert status(secret) == 403
+    assert f"key {key_id} enabled" in flat(ok(mlgate(server, "keys", "enable", key_id)))
+    assert status(secret) == 200
+    row = row_of(ok(mlgate(server, "keys", "list")), key_id)
+    assert row[1:3] == ["toggled", "user"], row
+    assert "*: roomy" in row
+    assert row[-1] == "False"
+
+    rotated = ok(mlgate(server, "keys", "rotate", key_id, "--grace-seconds", "600"))
+    new_secret = rotated.strip().splitlines()[-1]
+    assert new_secret != secret
+    assert status(new_secret) == 200
+    assert status(secret) == 200  # the old secret still works during the overlap
+
+    missing = mlgate(server, "keys", "enable", "deadbeef")
+    assert missing.returncode == 1
+    assert "error 404" in flat(missing.stderr)
+
+
+def test_users_create_list_disable_enable(server: ServerProcess) -> None:
+    import httpx
+
+    created = ok(
+        mlgate(
+            server,
+            "users",
+            "create",
+            "cliuser",
+            "--password-stdin",
+            "--email",
+            "cli@x.io",
+            "--first-name",
+            "Cli",
+            "--last-name",
+            "User",
+            stdin="correct horse 1\n",
+        )
+    )
+    assert "created user cliuser (user)" in flat(created)
+    admin = mlgate(server, "users", "create", "cliadmin", "--password", "another pass 12", "--role", "admin")
+    assert "created user cliadmin (admin)" in flat(ok(admin))
+    duplicate = mlgate(server, "users", "create", "cliuser", "--password", "correct horse 1")
+    assert duplicate.returncode == 1
+    assert "error 409" in flat(duplicate.stderr)
+
+    assert row_of(ok(mlgate(server, "users", "list")), "cliuser") == [
+        "cliuser",
+        "user",
+        "cli@x.io",
+        "Cli User",
+        "False",
+    ]
+
+    def login() -> int:
+        form = {"username": "cliuser", "password": "correct horse 1"}
+        return httpx.post(f"{server.url}/auth/token", data=form, timeout=30).status_code
+
+    assert login() == 200
+    assert "user cliuser disabled" in flat(ok(mlgate(server, "users", "disable", "cliuser")))
+    assert login() == 401
+    assert row_of(ok(mlgate(server, "users", "list")), "cliuser")[-1] == "True"
+    assert "user cliuser enabled" in flat(ok(mlgate(server, "users", "enable", "cliuser")))
+    assert login() == 200
+
+    for args in (("users", "list"), ("users", "disable", "cliuser")):
+        denied = mlgate(server, *args, api_key=server.api_key)
+        assert denied.returncode == 1, args
+        assert "error 403" in flat(denied.stderr), args
+    missing = mlgate(server, "users", "enable", "nosuchuser")
+    assert missing.returncode == 1
+    assert "error 404" in flat(missing.stderr)

@@ -14,7 +14,15 @@ import pytest
 
 from mlgate.cache import ArtifactCache
 from mlgate.dataplane import DataPlane, Prediction
-from mlgate.errors import InvalidInput, ModelNotFound, UnsafeArtifact, VersionNotFound
+from mlgate.errors import (
+    Conflict,
+    InvalidArtifact,
+    InvalidInput,
+    ModelLoadError,
+    ModelNotFound,
+    UnsafeArtifact,
+    VersionNotFound,
+)
 from mlgate.registration import Registrar
 from mlgate.repository import Repository
 from mlgate.settings import Settings
@@ -404,3 +412,144 @@ def test_a_pickle_whose_sha256_is_pinned_in_settings_is_allowed(env: Env) -> Non
     prediction = serve(plane, scenario)
     assert (prediction.model, prediction.version) == ("pickled", 1)
     assert prediction.output == pytest.approx(V1_AT_11)
+
+
+# -- safe versions: failed loads, trial loads, deletion (issue 14) ---------------------------
+
+
+def _corrupt_blob(env: Env, info: VersionInfo) -> None:
+    (sha,) = info.manifest.files.values()
+    (env.store.root / ArtifactCache.blob_key(sha)).write_bytes(b"not a model")
+
+
+def test_a_version_that_fails_to_load_at_start_is_reported_and_the_rest_serves(lin: Env) -> None:
+    broken = lin.register("broken", "v2")
+    _corrupt_blob(lin, broken)
+    plane, metrics = lin.dataplane()
+
+    async def scenario() -> None:
+        await plane.start()
+        assert plane.ready
+        assert [(m.info.model, m.info.version) for m in plane.loaded()] == [("lin", 1)]
+        assert list(plane.failed()) == [("broken", 1)]
+        assert "could not load broken v1" in plane.failed()[("broken", 1)]
+        assert (await plane.predict("lin", [1, 1])).output == pytest.approx(V1_AT_11)
+        with pytest.raises(ModelLoadError) as failed:
+            await plane.predict("broken", [1, 1])
+        assert str(lin.tmp) not in failed.value.message
+        # Not tried again by every request; an explicit retry (an alias move) tries.
+        assert sample(metrics, "mlgate_model_load_failures_total", model="broken", version="1") == 1
+        with pytest.raises(ModelLoadError):
+            await plane.ensure_loaded(broken, retry=True)
+        assert sample(metrics, "mlgate_model_load_failures_total", model="broken", version="1") == 2
+        await plane.unload("broken")
+        assert plane.failed() == {}
+
+    serve(plane, scenario)
+
+
+def test_a_version_that_loads_again_is_no_longer_reported(lin: Env) -> None:
+    info = lin.repository.get_version("lin", 2)
+    good = (lin.store.root / ArtifactCache.blob_key(info.manifest.files["model.skops"])).read_bytes()
+    _corrupt_blob(lin, info)
+    plane, _ = lin.dataplane()
+
+    async def scenario() -> None:
+        with pytest.raises(ModelLoadError):
+            await plane.ensure_loaded(info)
+        assert list(plane.failed()) == [("lin", 2)]
+        (lin.store.root / ArtifactCache.blob_key(info.manifest.files["model.skops"])).write_bytes(good)
+        await plane.ensure_loaded(info, retry=True)
+        assert plane.failed() == {} and plane.is_loaded("lin", 2)
+        await plane.unload("lin", 2)
+        assert not plane.is_loaded("lin", 2)
+
+    serve(plane, scenario)
+
+
+def test_trial_load_refuses_what_does_not_load_and_counts_it(env: Env, tmp_path: Path) -> None:
+    plane, metrics = env.dataplane()
+    folder = tmp_path / "push"
+    folder.mkdir()
+    (folder / "model.skops").write_bytes(b"garbage")
+    manifest = Manifest(runtime="sklearn", artifact="model.skops")
+    with pytest.raises(InvalidArtifact, match="not registered") as refused:
+        plane.trial_load("pushed", manifest, folder)
+    assert str(folder) not in refused.value.message
+    assert sample(metrics, "mlgate_model_load_failures_total", model="pushed", version="push") == 1
+    (folder / "model.skops").write_bytes(env.artifacts["v1"].read_bytes())
+    plane.trial_load("pushed", manifest, folder)  # loads: no error
+
+
+def test_register_files_with_a_failing_verify_stores_and_registers_nothing(env: Env) -> None:
+    manifest = Manifest(runtime="sklearn", artifact="model.skops")
+    seen: list[tuple[Manifest, Path]] = []
+
+    def refuse(m: Manifest, root: Path) -> None:
+        seen.append((m, root))
+        assert (root / "model.skops").read_bytes() == env.artifacts["v1"].read_bytes()
+        raise InvalidArtifact("no")
+
+    with pytest.raises(InvalidArtifact):
+        env.registrar().register_files("nope", {"model.skops": env.artifacts["v1"]}, manifest, verify=refuse)
+    assert seen and seen[0][0].files  # called with the computed hashes
+    assert env.store.list() == []
+    assert env.repository.list_models() == []
+
+
+def test_deleting_versions_and_models_releases_only_unreferenced_blobs(lin: Env) -> None:
+    registrar = lin.registrar()
+    v1, v2 = lin.repository.get_version("lin", 1), lin.repository.get_version("lin", 2)
+    blob1 = lin.store.root / ArtifactCache.blob_key(v1.manifest.files["model.skops"])
+    blob2 = lin.store.root / ArtifactCache.blob_key(v2.manifest.files["model.skops"])
+    lin.register("other", "v1")  # shares v1's blob
+    with pytest.raises(Conflict):
+        registrar.delete_version("lin", 1)  # production points at it
+    assert registrar.delete_version("lin", 2).version == 2
+    assert not blob2.exists() and blob1.exists()
+    with pytest.raises(VersionNotFound):
+        lin.repository.get_version("lin", 2)
+    assert [v.version for v in registrar.delete_model("lin")] == [1]
+    with pytest.raises(ModelNotFound):
+        lin.repository.get_model("lin")
+    assert blob1.exists()  # "other" still references it
+    registrar.delete_model("other")
+    assert not blob1.exists()
+
+
+def test_a_declared_input_schema_is_enforced_before_the_model(env: Env) -> None:
+    manifest = Manifest(
+        runtime="sklearn",
+        artifact="model.skops",
+        input_schema={"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+    )
+    env.registrar().register_files("schemed", {"model.skops": env.artifacts["v1"]}, manifest)
+    plane, metrics = env.dataplane()
+
+    async def scenario() -> None:
+        assert (await plane.predict("schemed", [1, 1])).output == pytest.approx(V1_AT_11)
+        with pytest.raises(InvalidInput, match=r"input_schema at 1: 'x' is not of type 'number'"):
+            await plane.predict("schemed", [1, "x"])
+        with pytest.raises(InvalidInput, match="input_schema"):
+            await plane.predict("schemed", {"inputs": [1, 1]})  # the schema says: a bare array
+        assert (
+            sample(metrics, "mlgate_model_errors_total", model="schemed", version="1", code="invalid_input")
+            == 2
+        )
+
+    serve(plane, scenario)
+
+
+def test_a_deleted_number_registered_again_elsewhere_is_never_served_by_the_old_model(lin: Env) -> None:
+    """Another process deletes v2 and a new push takes the number: this process, which had the
+    old v2 loaded, answers with the new one once its resolution cache expires."""
+    plane, _ = lin.dataplane(alias_ttl_s=0)
+
+    async def scenario() -> list[float]:
+        before = (await plane.predict("lin", [1, 1], version=2)).output
+        lin.registrar().delete_version("lin", 2)  # "elsewhere": this dataplane is not told
+        lin.register("lin", "v1")  # the number 2 again, v1's weights
+        after = (await plane.predict("lin", [1, 1], version=2)).output
+        return [before, after]
+
+    assert serve(plane, scenario) == pytest.approx([V2_AT_11, V1_AT_11])

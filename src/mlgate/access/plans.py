@@ -206,6 +206,12 @@ class PlanStore:
                 merged["quota_offset"] = 0
             merged.update(fields)
             plan = _validated(name, **merged)
+            if not plan.metered and name == self._default:
+                raise InvalidInput(
+                    f"usage plan {name!r} is the server's default plan (MLGATE_LIMITER__DEFAULT_PLAN): "
+                    "it must keep a rate or a quota",
+                    details={"plan": name},
+                )
             if not plan.metered:
                 _refuse_unmetered_for_users(conn, plan.name)
             conn.execute(usage_plans.update().where(usage_plans.c.name == name).values(**_columns(plan)))

@@ -82,7 +82,7 @@ class MlgateApp:
             usage_sync=settings.limiter.usage_sync,
             cors=bool(settings.cors.origins),
         )
-        self.edge.stream(UPLOAD_PATH)
+        self.edge.stream(UPLOAD_PATH, limit=settings.max_upload_bytes)  # its own limit, spooled to disk
         self.driver = AsgiDriver(self.edge, self._pass_on)
         #: the components, once the lifespan has built them
         self.server: Server | None = None
@@ -229,6 +229,7 @@ def _build_fastapi(app: MlgateApp) -> FastAPI:
         routes_access,
         routes_admin,
         routes_auth,
+        routes_docs,
         routes_models,
         routes_ops,
         routes_services,
@@ -244,6 +245,9 @@ def _build_fastapi(app: MlgateApp) -> FastAPI:
         version=__version__,
         description="Machine-learning models as secure, metered, monitored HTTP APIs.",
         default_response_class=JSONResponse,
+        openapi_url=None,  # routes_docs serves these: the models' schemas, assets shipped with mlgate
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(api)
     api.include_router(routes_ops.router)
@@ -255,12 +259,13 @@ def _build_fastapi(app: MlgateApp) -> FastAPI:
     api.include_router(routes_workflows.router)
     for service in app.services:
         routes_services.mount(api, service)
+    routes_docs.install(api, lambda: app.server)
     if settings.cors.origins:
         api.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors.origins,
             allow_credentials=settings.cors.allow_credentials,
-            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
             allow_headers=["authorization", "content-type", "x-api-key", "x-request-id"],
             expose_headers=[
                 "x-request-id",

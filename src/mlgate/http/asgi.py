@@ -22,11 +22,11 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Any
 
-from mlgate.errors import PayloadTooLarge
 from mlgate.http.edge import SHED_BODY, SHED_HEADERS, Edge
 from mlgate.http.errors import wire_error
 from mlgate.http.exchange import CLIENT_CLOSED, EXCHANGE, Exchange
 from mlgate.http.wire import WireResponse, scan_headers
+from mlgate.telemetry.context import REQUEST_ID
 
 __all__ = ["AsgiDriver"]
 
@@ -82,11 +82,12 @@ class AsgiDriver:
             routed=not scope.get("root_path"),
         )
         scope[EXCHANGE] = x
-        limit = edge.limit_for(path)
+        upload = None if x.route is not None else edge.stream_limit(method, path)
+        limit = edge.limit_for(path) if upload is None else upload
         if known.content_length > limit:
             if x.route is None:
                 x.label = edge.label(method, path)
-            await _send(send, _closing(edge.too_large(x, limit)))
+            await _send(send, _closing(edge.too_large(x, limit, streaming=upload is not None)))
             return None
         if edge.sheds(path):  # probes and metrics are neither shed nor counted
             x.take_slot()
@@ -118,8 +119,10 @@ class AsgiDriver:
         await _send(send, response)
 
     async def _pass_on(self, x: Exchange, scope: Scope, receive: Any, send: Any, own: bool) -> None:
-        """The application (FastAPI), with the edge's headers, settled usage and the body limit."""
-        limit = self.edge.limit_for(x.path)
+        """The application (FastAPI), with the edge's headers, settled usage and the body limit
+        (an upload's own, while it streams)."""
+        upload = self.edge.stream_limit(x.method, x.path)
+        limit = self.edge.limit_for(x.path) if upload is None else upload
         status = 0
         received = 0
 
@@ -141,11 +144,12 @@ class AsgiDriver:
                 if received > limit:
                     # An MlgateError, so the application's one error handler answers it (413 JSON).
                     x.reason = "body_too_large"
-                    raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+                    raise self.edge.too_large_error(limit, streaming=upload is not None)
             else:
                 x.gone = True
             return message
 
+        REQUEST_ID.set(x.request_id)  # this task's: the dataplane's log lines name the request
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
         except Exception as exc:

@@ -20,6 +20,7 @@ from mlgate.errors import MlgateError
 from mlgate.http.exchange import CLIENT_CLOSED
 from mlgate.http.request import Request
 from mlgate.http.wire import STATUS_LINES, WireResponse
+from mlgate.telemetry.context import REQUEST_ID
 
 __all__ = ["AsgiCycle", "Connection"]
 
@@ -130,6 +131,7 @@ class AsgiCycle:
 
     async def run(self, app: Any, scope: dict[str, Any]) -> None:
         x = self.x
+        REQUEST_ID.set(x.request_id)  # this task's: the dataplane's log lines name the request
         try:
             await app(scope, self.receive, self.send)
         except Exception as exc:  # mlgate's driver answers every error: this is a bug

@@ -36,9 +36,21 @@ from mlgate.http.exchange import CLIENT_CLOSED, UNMATCHED, Exchange, Lifecycle
 from mlgate.http.serving import ServingRoute, ServingRoutes, compile_path
 from mlgate.http.wire import KnownHeaders, WireResponse
 from mlgate.telemetry.access_log import AccessLog
+from mlgate.telemetry.context import REQUEST_ID
 from mlgate.telemetry.metrics import Metrics
 
-__all__ = ["SHED_BODY", "SHED_HEADERS", "Edge", "request_id_for"]
+__all__ = [
+    "BODY_LIMIT_SETTING",
+    "SHED_BODY",
+    "SHED_HEADERS",
+    "UPLOAD_LIMIT_SETTING",
+    "Edge",
+    "request_id_for",
+]
+
+#: The settings that raise the body limits, named in a 413 so the client's operator knows which.
+BODY_LIMIT_SETTING = "MLGATE_MAX_BODY_BYTES"
+UPLOAD_LIMIT_SETTING = "MLGATE_MAX_UPLOAD_BYTES"
 
 #: Never shed: probes must see the truth under load.
 _NOT_SHED = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
@@ -78,7 +90,7 @@ class Edge(Lifecycle):
         self.path_limits = path_limits or {}
         #: labels the routes the edge does not serve (the application's router, once built)
         self.labeler: Callable[[str, str], str | None] | None = None
-        self._streaming: list[tuple[str, re.Pattern[str]]] = []
+        self._streaming: list[tuple[str, re.Pattern[str], int | None]] = []
         self._shed = 0  # shed since the last warning
         self._shed_warned = 0.0
         self._shed_counters: dict[str, Any] = {}
@@ -109,13 +121,31 @@ class Edge(Lifecycle):
         """The body limit of ``path`` (a service may take more than the default, e.g. images)."""
         return self.path_limits.get(path, self.max_body_bytes)
 
-    def stream(self, path: str, *, method: str = "POST") -> None:
+    def stream(self, path: str, *, method: str = "POST", limit: int | None = None) -> None:
         """Let requests for ``path`` (a template) stream their bodies to the application (uploads)
-        instead of being read whole first."""
-        self._streaming.append((method, compile_path(path)[0]))
+        instead of being read whole first, within their own ``limit`` (``MLGATE_MAX_UPLOAD_BYTES``;
+        None: the default body limit)."""
+        self._streaming.append((method, compile_path(path)[0], limit))
 
     def streams(self, method: str, path: str) -> bool:
-        return any(m == method and regex.match(path) for m, regex in self._streaming)
+        return self.stream_limit(method, path) is not None
+
+    def stream_limit(self, method: str, path: str) -> int | None:
+        """The body limit of a streaming route's request; None if the request does not stream."""
+        for m, regex, limit in self._streaming:
+            if m == method and regex.match(path):
+                return self.limit_for(path) if limit is None else limit
+        return None
+
+    @staticmethod
+    def too_large_error(limit: int, *, streaming: bool = False) -> PayloadTooLarge:
+        """The 413 of a body over ``limit``, naming the setting that raises it."""
+        setting = UPLOAD_LIMIT_SETTING if streaming else BODY_LIMIT_SETTING
+        what = "upload" if streaming else "request body"
+        return PayloadTooLarge(
+            f"{what} exceeds {limit} bytes (the limit set by {setting})",
+            details={"limit_bytes": limit, "setting": setting},
+        )
 
     # -- exchanges -----------------------------------------------------------------------
 
@@ -155,6 +185,7 @@ class Edge(Lifecycle):
         """Serve ``x`` on a route of the edge's own: its endpoint, errors rendered as the app
         renders them, the edge's headers, usage settled, the exchange closed. The driver writes
         the answer. A cancellation (the client gone) closes the exchange as 499 and propagates."""
+        REQUEST_ID.set(x.request_id)  # this task's: the dataplane's log lines name the request
         try:
             try:
                 response = await route.endpoint(x)
@@ -181,8 +212,8 @@ class Edge(Lifecycle):
         x.close(error.status, reason)
         return response
 
-    def too_large(self, x: Exchange, limit: int) -> WireResponse:
-        return self.refusal(x, PayloadTooLarge(f"request body exceeds {limit} bytes"), "body_too_large")
+    def too_large(self, x: Exchange, limit: int, *, streaming: bool = False) -> WireResponse:
+        return self.refusal(x, self.too_large_error(limit, streaming=streaming), "body_too_large")
 
     # -- load shedding -------------------------------------------------------------------
 

@@ -16,6 +16,8 @@ requests the edge passes on to it (cross-origin ones when CORS is configured, a 
 
 from __future__ import annotations
 
+import asyncio
+
 from mlgate.errors import MlgateError
 from mlgate.http.exchange import Exchange
 from mlgate.http.gateway import GatewayRejected, admit, known_model
@@ -82,7 +84,7 @@ async def model_predict(x: Exchange) -> WireResponse:
     name = params["name"]
     ref = version_ref(params["version"] if "version" in params else x.query_param("version"))
     payload = read_body(x.body, x.content_type)
-    await admit(x, model=name, check=known_model(x, name, ref))
+    await admit(x, model=name, check=known_model(x, name, ref, [payload]))
     prediction = await x.server.dataplane.predict(name, payload, version=ref)
     x.model = prediction.model
     x.version = str(prediction.version)
@@ -97,12 +99,25 @@ async def healthz(x: Exchange) -> WireResponse:
 
 
 async def readyz(x: Exchange) -> WireResponse:
-    """Readiness: startup finished, every aliased model loaded, not draining."""
+    """Readiness: startup finished, not draining, and no alias points at a version that failed
+    to load. Versions that failed are listed (``"failed": ["model:version", …]``) either way:
+    a failed version nothing aliases leaves the server ready for everything else."""
     server = x.server
-    ready = server.dataplane.ready and not server.draining
+    dataplane = server.dataplane
+    ready = dataplane.ready and not server.draining
     status = "draining" if server.draining else "ready" if ready else "starting"
-    loaded = [f"{m.info.model}:{m.info.version}" for m in server.dataplane.loaded()]
-    return WireResponse.json({"status": status, "loaded": loaded}, 200 if ready else 503)
+    failed = dataplane.failed()
+    if ready and failed:  # rare: only then is the registry read
+        models = await asyncio.to_thread(server.repository.list_models)
+        aliased = {(m.name, v) for m in models for v in m.aliases.values()}
+        if aliased.intersection(failed):
+            ready, status = False, "degraded"
+    body = {
+        "status": status,
+        "loaded": [f"{m.info.model}:{m.info.version}" for m in dataplane.loaded()],
+        "failed": sorted(f"{model}:{version}" for model, version in failed),
+    }
+    return WireResponse.json(body, 200 if ready else 503)
 
 
 async def metrics(x: Exchange) -> WireResponse:

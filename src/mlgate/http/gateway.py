@@ -18,7 +18,7 @@ from mlgate.errors import InvalidInput, MlgateError, QuotaExceeded, Throttled, U
 from mlgate.http.exchange import Exchange
 from mlgate.types import NAME_PATTERN, AuthMode, Caller
 
-__all__ = ["GatewayRejected", "admit", "authenticate", "bearer_of", "known_model"]
+__all__ = ["GatewayRejected", "Units", "admit", "authenticate", "bearer_of", "known_model"]
 
 ErrorRenderer = Callable[[int, str], tuple[int, Any]]
 
@@ -72,7 +72,9 @@ async def admit(
         except MlgateError as exc:
             server.metrics.gateway_rejections.labels(exc.code).inc()
             raise _rejection(exc, {}, original) from None
-        await check()  # its own errors (400, 404) render as the route's
+        checked = await check()  # its own errors (400, 404) render as the route's
+        if isinstance(checked, Units):
+            cost = int(checked)
     try:
         admission = await gate.admit(
             mode=mode,
@@ -90,18 +92,34 @@ async def admit(
     return admission
 
 
-def known_model(x: Exchange, name: str, ref: str | int | None = None) -> Callable[[], Awaitable[Any]]:
+def known_model(
+    x: Exchange, name: str, ref: str | int | None = None, payloads: list[Any] | None = None
+) -> Callable[[], Awaitable[Any]]:
     """An :func:`admit` ``check`` that the model ``name`` (and version ``ref``) exists: the name's
-    syntax first (400), then the registry (404, the alias cache makes it cheap)."""
+    syntax first (400), then the registry (404, the alias cache makes it cheap).
+
+    With ``payloads``, the check also prices them — the sum of the model runtime's
+    :meth:`~mlgate.runtimes.base.ModelRuntime.units` (a tabular model's list of records costs
+    its rows) — and returns that cost, which :func:`admit` then meters."""
 
     async def check() -> Any:
         if not NAME_PATTERN.match(name):
             raise InvalidInput(
                 "model names are 1-64 lowercase letters, digits, '_' or '-', starting with a letter"
             )
-        return await x.server.dataplane.resolve(name, ref)
+        info = await x.server.dataplane.resolve(name, ref)
+        if payloads is None:
+            return info
+        loaded = await x.server.dataplane.ensure_loaded(info)
+        if loaded.processor is not None:  # a service's own envelope: one unit per payload
+            return Units(len(payloads))
+        return Units(sum(loaded.runtime.units(p) for p in payloads))
 
     return check
+
+
+class Units(int):
+    """What a ``check`` returns to set the request's cost (see :func:`known_model`)."""
 
 
 def _escaped(path: str) -> str:

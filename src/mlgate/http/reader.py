@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import httptools
 
-from mlgate.errors import BadRequest, HeadersTooLarge, MlgateError, PayloadTooLarge
+from mlgate.errors import BadRequest, HeadersTooLarge, MlgateError
 from mlgate.http.binding import Binding
 from mlgate.http.edge import Edge
 from mlgate.http.request import Request
@@ -141,9 +141,8 @@ class HttpReader(asyncio.Protocol):
                 # skips without a callback, must not make a body endless either.
                 current.wire += len(data)
                 if current.wire > 2 * current.limit + 65_536:
-                    self._refuse(
-                        PayloadTooLarge(f"request body exceeds {current.limit} bytes"), "body_too_large"
-                    )
+                    error = self.edge.too_large_error(current.limit, streaming=current.streaming)
+                    self._refuse(error, "body_too_large")
 
     def on_message_begin(self) -> None:
         if self._ignore:
@@ -218,16 +217,17 @@ class HttpReader(asyncio.Protocol):
                 method, path, parsed.query or b"", headers, known, client, not self.bound.root_path, Request
             ),
         )
-        limit = edge.limit_for(path)
+        upload = None if x.route is not None else edge.stream_limit(method, path)
+        limit = edge.limit_for(path) if upload is None else upload
         x.prepare(limit, keep_alive, version, raw_path)
         x.expect = self._expect
         x.lane = self.bound.lane and x.route is not None
-        x.streaming = x.route is None and edge.streams(method, path)
+        x.streaming = upload is not None
         self._current = x
         if known.content_length > limit:
             if x.route is None:
                 x.label = edge.label(method, path)
-            raise _Refused(PayloadTooLarge(f"request body exceeds {limit} bytes"), "body_too_large")
+            raise _Refused(edge.too_large_error(limit, streaming=x.streaming), "body_too_large")
         if upgrade and method != "GET" and (known.content_length or known.chunked):
             # The parser hands what follows an upgrade request to the new protocol, so its body
             # would be lost: refused, clearly, instead of served without it (curl --http2 sends one).
@@ -248,7 +248,7 @@ class HttpReader(asyncio.Protocol):
         if x.cycle is not None:
             x.cycle.feed(body)  # streamed to the application, which enforces the limit
         elif x.size > x.limit:
-            raise _Refused(PayloadTooLarge(f"request body exceeds {x.limit} bytes"), "body_too_large")
+            raise _Refused(self.edge.too_large_error(x.limit), "body_too_large")
         else:
             x.chunks.append(body)
 

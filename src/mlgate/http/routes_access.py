@@ -175,6 +175,9 @@ async def rotate_key(key_id: str, request: Request, caller: Caller = Depends(req
     return JSONResponse(key_json(new.key, new.secret), status_code=201)
 
 
+_PLAN_FIELDS = frozenset({"rate", "burst", "quota_limit", "quota_period", "quota_offset", "description"})
+
+
 @router.post("/plans", status_code=201, summary="Create a usage plan", openapi_extra=_OBJECT)
 async def create_plan(request: Request, _: Caller = Depends(require_admin)) -> JSONResponse:
     body = await json_body(request)
@@ -182,11 +185,10 @@ async def create_plan(request: Request, _: Caller = Depends(require_admin)) -> J
         raise InvalidInput(
             'send {"name": ..., "rate": ..., "burst": ..., "quota_limit": ..., "quota_period": ...}'
         )
-    allowed = {"rate", "burst", "quota_limit", "quota_period", "quota_offset", "description"}
-    unknown = set(body) - allowed - {"name"}
+    unknown = set(body) - _PLAN_FIELDS - {"name"}
     if unknown:
         raise InvalidInput(f"unknown plan fields: {', '.join(sorted(unknown))}")
-    fields = {k: v for k, v in body.items() if k in allowed}
+    fields = {k: v for k, v in body.items() if k in _PLAN_FIELDS}
     plan = await asyncio.to_thread(server_of(request).plans.create, body["name"], **fields)
     return JSONResponse(plan.to_dict(), status_code=201)
 
@@ -195,6 +197,30 @@ async def create_plan(request: Request, _: Caller = Depends(require_admin)) -> J
 async def list_plans(request: Request, _: Caller = Depends(require_admin)) -> JSONResponse:
     plans = await asyncio.to_thread(server_of(request).plans.list)
     return JSONResponse({"plans": [p.to_dict() for p in plans]})
+
+
+@router.patch(
+    "/plans/{plan}",
+    summary="Update a usage plan (the fields sent; null clears a limit)",
+    openapi_extra=_OBJECT,
+)
+async def update_plan(plan: str, request: Request, _: Caller = Depends(require_admin)) -> JSONResponse:
+    body = await json_body(request)
+    if not isinstance(body, dict) or not body:
+        raise InvalidInput(
+            'send the fields to change, e.g. {"rate": 20, "burst": 40} or {"quota_limit": null}'
+        )
+    unknown = set(body) - _PLAN_FIELDS
+    if unknown:
+        raise InvalidInput(f"unknown plan fields: {', '.join(sorted(unknown))}")
+    updated = await asyncio.to_thread(server_of(request).plans.update, plan, **body)
+    return JSONResponse(updated.to_dict())
+
+
+@router.delete("/plans/{plan}", summary="Delete a usage plan (refused while a key uses it)")
+async def delete_plan(plan: str, request: Request, _: Caller = Depends(require_admin)) -> JSONResponse:
+    await asyncio.to_thread(server_of(request).plans.delete, plan)
+    return JSONResponse({"plan": plan, "deleted": True})
 
 
 @router.put("/plans/{plan}/keys/{key_id}", summary="Attach a key to a plan (globally or for one model)")

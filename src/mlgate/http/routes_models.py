@@ -103,16 +103,17 @@ async def _batch(request: Request, name: str, ref: str | int | None) -> JSONResp
     if len(inputs) > MAX_BATCH_ITEMS:
         raise InvalidInput(f"a batch holds at most {MAX_BATCH_ITEMS} inputs")
     x = exchange_of(request)
-    await admit(x, model=name, cost=len(inputs), check=known_model(x, name, ref))
+    await admit(x, model=name, cost=len(inputs), check=known_model(x, name, ref, inputs))
     info, results = await x.server.dataplane.predict_many(name, inputs, version=ref)
     x.model = info.model
     x.version = str(info.version)
+    loaded = await x.server.dataplane.ensure_loaded(info)
     out: list[dict[str, Any]] = []
-    for r in results:
+    for item, r in zip(inputs, results, strict=True):
         if isinstance(r, MlgateError):
             out.append({"error": {**r.to_dict(), "status": r.status}})
             if r.status >= 500:  # refused or failed by the server: not served, not charged
-                x.unserved += 1
+                x.unserved += 1 if loaded.processor is not None else loaded.runtime.units(item)
         else:
             out.append({"output": r.output})
     return JSONResponse({"model_name": info.model, "model_version": info.version, "results": out})

@@ -17,6 +17,7 @@ from mlgate.runtimes.opencv_dnn import OpenCvDnnRuntime
 from mlgate.runtimes.python import PythonRuntime
 from mlgate.runtimes.sklearn import SklearnRuntime
 from mlgate.runtimes.tflite import TfliteRuntime
+from mlgate.runtimes.torchscript import TorchScriptRuntime
 from mlgate.runtimes.yolo import YoloRuntime
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "PythonRuntime",
     "SklearnRuntime",
     "TfliteRuntime",
+    "TorchScriptRuntime",
     "create_runtime",
 ]
 
@@ -40,6 +42,7 @@ RUNTIMES: dict[str, type[ModelRuntime]] = {
     "python": PythonRuntime,
     "keras": KerasRuntime,
     "yolo": YoloRuntime,
+    "torchscript": TorchScriptRuntime,
 }
 
 

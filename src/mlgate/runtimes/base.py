@@ -27,7 +27,15 @@ import numpy as np
 from mlgate.errors import ConfigurationError, InvalidInput, ModelLoadError, exception_summary
 from mlgate.types import Manifest
 
-__all__ = ["LoadContext", "ModelRuntime", "import_optional", "numeric_array", "oip_datatype", "tensor_rows"]
+__all__ = [
+    "LoadContext",
+    "ModelRuntime",
+    "import_optional",
+    "numeric_array",
+    "oip_datatype",
+    "single_value",
+    "tensor_rows",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +78,22 @@ class ModelRuntime(ABC):
     def predict(self, batch: list[Any]) -> list[Any]:
         """Predict a batch of decoded items; return one output per item, in order."""
 
+    def units(self, payload: Any) -> int:
+        """What one request's ``payload`` costs, in plan units, counted *before* decoding it
+        (cheap, syntactic): 1, or the rows a multi-row input asks for (a tabular model's list of
+        records). ``decode`` must refuse a payload that would serve more than this."""
+        return 1
+
     def encode(self, output: Any) -> Any:
-        """Turn one output into JSON-able data (numpy arrays become lists)."""
-        return to_jsonable(output)
+        """Turn one output into JSON-able data (numpy arrays become lists).
+
+        **One output shape rule for every runtime's native answer**: an item's output is the
+        model's output for that item, its batch dimension removed; a row of exactly one number
+        is that number. So the same regressor answers ``185.08`` whether it is scikit-learn
+        (1-D ``predict``), ONNX (an ``[N, 1]`` output) or Keras (``Dense(1)``); a row of several
+        values stays a list. The Open Inference Protocol keeps the tensors' shapes.
+        """
+        return to_jsonable(single_value(output))
 
     def metadata(self) -> dict[str, Any]:
         """Describe inputs/outputs for ``GET /v2/models/{name}``: ``{"inputs": [...], "outputs": [...]}``."""
@@ -154,6 +175,14 @@ def _contains_bool(value: Any) -> bool:
             return any(_contains_bool(v) for v in value)
         return bool in map(type, value) or np.bool_ in map(type, value)
     return False
+
+
+def single_value(value: Any) -> Any:
+    """An output row (an array) of exactly one number as that number (see :meth:`ModelRuntime.encode`);
+    lists a runtime builds on purpose (a tabular model's list of answers) are left alone."""
+    if isinstance(value, np.ndarray) and value.shape == (1,) and value.dtype.kind in "iuf":
+        return value.item()
+    return value
 
 
 def to_jsonable(value: Any) -> Any:

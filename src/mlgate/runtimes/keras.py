@@ -55,7 +55,7 @@ _SUFFIXES = (".keras", ".h5", ".hdf5")
 SAFE_KERAS_VERSION = (3, 13, 1)
 _CODE_REFUSAL = (
     "the Keras file holds code that would run on load (a Lambda layer or a custom object); "
-    "mark the version trusted or pin its sha256 in MLGATE_TRUSTED_SHA256 to load it"
+    "mark the version trusted (models push --trusted) or pin its sha256 in MLGATE_TRUSTED_SHA256 to load it"
 )
 
 

@@ -30,8 +30,8 @@ from mlgate.runtimes.base import LoadContext, ModelRuntime, load_failed, to_json
 __all__ = ["PythonRuntime"]
 
 _PY_REFUSAL = (
-    "a .py artifact executes uploaded code; mark the version trusted or pin its sha256 in "
-    "MLGATE_TRUSTED_SHA256, or name an installed class in params['class']"
+    "a .py artifact executes uploaded code; mark the version trusted (models push --trusted) "
+    "or pin its sha256 in MLGATE_TRUSTED_SHA256, or name an installed class in params['class']"
 )
 
 

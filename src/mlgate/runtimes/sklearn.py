@@ -8,7 +8,40 @@ code on load, so they need trust::
     runtime.load(LoadContext(path, Manifest(runtime="sklearn", artifact="model.skops")))
     runtime.predict([runtime.decode([5.1, 3.5, 1.4, 0.2])])     # -> [0]
 
-Params: ``output`` = ``"predict"`` (default) or ``"proba"`` (``predict_proba``).
+Params: ``output`` = ``"predict"`` (default) or ``"proba"`` (``predict_proba``); ``max_rows``
+(default 1024): the most rows one request of a tabular model may carry.
+
+**Tabular models** (fitted on a pandas DataFrame: the estimator has ``feature_names_in_``)
+take named columns as one record, a list of records or columns (see
+:mod:`mlgate.runtimes.tabular`) and predict on a DataFrame; pandas is imported only for them
+(``pip install 'mlgate[tabular]'``, part of ``mlgate[serve]``). Each column's kind comes from,
+in increasing precedence:
+
+1. the pipeline: numeric by default; a column a ``ColumnTransformer`` hands to an encoder
+   with string ``categories_`` (``OneHotEncoder``, ``OrdinalEncoder``, possibly behind an
+   imputer) takes strings, restricted to those categories when the encoder's
+   ``handle_unknown`` is ``"error"``;
+2. the param ``example``, a sample record stored in the manifest at push time (a string
+   value makes a string column; ``null`` says nothing);
+3. the param ``columns``: ``{name: dtype}`` with numpy/pandas dtype names (``"float64"``,
+   ``"int64"``, ``"bool"``, ``"str"``/``"object"``, ``"datetime64[ns]"``) or
+   ``{"dtype": "category", "categories": [...]}``. It must name exactly the pipeline's columns.
+
+Both live in the manifest's ``params`` (its ``input_schema`` stays the JSON Schema of the
+request body, which ``/openapi.json`` shows); :mod:`mlgate.runtimes.tabular` builds them all
+from the training DataFrame::
+
+    params = table_params(x_train)
+    Manifest(runtime="sklearn", artifact="model.skops", params=params,
+             input_schema=table_input_schema(params))
+
+The warm-up predicts the example record (else one built from the kinds: a known category,
+``0``, ``""``). A single record answers one output; records and columns answer a list. OIP
+metadata lists one input per column. A ``ValueError`` the pipeline raises on a request's
+values (NaN without an imputer) is that request's 400.
+
+A fitted scikit-learn pipeline keeps only NumPy/SciPy data, so DataFrame pipelines pass the
+skops allowlist as any other; pandas objects inside an artifact are never trusted implicitly.
 """
 
 from __future__ import annotations
@@ -18,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from mlgate.errors import ConfigurationError, InvalidInput, UnsafeArtifact
+from mlgate.errors import ConfigurationError, InvalidInput, UnsafeArtifact, exception_summary
 from mlgate.runtimes.base import (
     LoadContext,
     ModelRuntime,
@@ -27,6 +60,7 @@ from mlgate.runtimes.base import (
     numeric_array,
     oip_datatype,
 )
+from mlgate.runtimes.tabular import Column, Rows, Table, column_from_schema
 
 __all__ = ["SKOPS_TRUSTED_PREFIXES", "SklearnRuntime", "skops_refused_types"]
 
@@ -48,7 +82,8 @@ _DENIED_PREFIXES = (
 )
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 _PICKLE_REFUSAL = (
-    "pickle executes code on load; mark the version trusted or pin its sha256 in MLGATE_TRUSTED_SHA256"
+    "pickle executes code on load; mark the version trusted (models push --trusted) "
+    "or pin its sha256 in MLGATE_TRUSTED_SHA256"
 )
 
 
@@ -60,7 +95,8 @@ def skops_refused_types(untrusted: Sequence[str]) -> list[str]:
 
 
 class SklearnRuntime(ModelRuntime):
-    """One scikit-learn estimator; each item is one row of features."""
+    """One scikit-learn estimator; each item is one row of features (or, for a tabular model,
+    one request's :class:`~mlgate.runtimes.tabular.Rows`)."""
 
     name = "sklearn"
 
@@ -70,6 +106,7 @@ class SklearnRuntime(ModelRuntime):
         self._n_features: int | None = None
         self._feature_names: list[str] | None = None
         self._pandas: Any = None
+        self._table: Table | None = None
 
     def load(self, ctx: LoadContext) -> None:
         output = ctx.params.get("output", "predict")
@@ -101,12 +138,10 @@ class SklearnRuntime(ModelRuntime):
         n_features = getattr(estimator, "n_features_in_", None)
         self._n_features = int(n_features) if n_features is not None else None
         names = getattr(estimator, "feature_names_in_", None)
-        if names is not None:
+        if names is not None:  # fitted on a DataFrame: it wants a DataFrame back
             self._feature_names = [str(n) for n in names]
-            try:  # estimators fitted on DataFrames want DataFrames back (else a warning per call)
-                self._pandas = import_optional("pandas", extra="train")
-            except ConfigurationError:
-                self._pandas = None
+            self._pandas = import_optional("pandas", extra="tabular")
+            self._table = _table(estimator, self._feature_names, ctx.params)
 
     def _load_skops(self, ctx: LoadContext) -> Any:
         import skops.io as sio  # a core dependency, imported lazily to keep startup light
@@ -127,13 +162,18 @@ class SklearnRuntime(ModelRuntime):
         except Exception as exc:
             raise load_failed(self.name, exc) from exc
 
-    def decode(self, payload: Any) -> np.ndarray:
+    def units(self, payload: Any) -> int:
+        return self._table.units(payload) if self._table is not None else 1
+
+    def decode(self, payload: Any) -> Any:
+        if self._table is not None:
+            return self._table.decode(payload)
         if isinstance(payload, Mapping):
             if set(payload) != {"inputs"}:
                 raise InvalidInput('expected a list of numbers or {"inputs": [...]}')
             payload = payload["inputs"]
             if isinstance(payload, Mapping):
-                payload = self._by_name(payload)
+                raise InvalidInput("this model was not fitted on named columns: send a list of numbers")
         if not isinstance(payload, list | tuple | np.ndarray):
             raise InvalidInput(f"expected a list of numbers, not {type(payload).__name__}")
         row = numeric_array(payload, dtype=np.float64, what="features")
@@ -145,35 +185,61 @@ class SklearnRuntime(ModelRuntime):
             raise InvalidInput(f"expected {self._n_features} features, got {row.size}")
         return row
 
-    def _by_name(self, values: Mapping[str, Any]) -> list[Any]:
-        if self._feature_names is None:
-            raise InvalidInput("this model has no feature names: send a list of numbers")
-        missing = [n for n in self._feature_names if n not in values]
-        extra = sorted(set(values) - set(self._feature_names))
-        if missing or extra:
-            raise InvalidInput(f"features do not match: missing {missing}, unexpected {extra}")
-        return [values[n] for n in self._feature_names]
-
     def predict(self, batch: list[Any]) -> list[Any]:
         if not batch:
             return []
-        x: Any = np.vstack(batch)
-        if self._pandas is not None and self._feature_names is not None:
-            x = self._pandas.DataFrame(x, columns=self._feature_names)
-        result = getattr(self._estimator, self._method)(x)
+        if self._table is not None:
+            return self._predict_table(batch)
+        return self._split(getattr(self._estimator, self._method)(np.vstack(batch)), len(batch))
+
+    def _predict_table(self, batch: list[Rows]) -> list[Any]:
+        assert self._table is not None
+        frame = self._table.frame(self._pandas, batch)
+        try:
+            result = getattr(self._estimator, self._method)(frame)
+        except ValueError as exc:  # the values checked out, the model refused them (NaN, no imputer)
+            raise InvalidInput(f"the model cannot take this input: {exception_summary(exc)}") from exc
+        outputs = self._split(result, frame.shape[0])
+        answers: list[Any] = []
+        start = 0
+        for rows in batch:
+            answers.append(outputs[start] if rows.single else outputs[start : start + rows.n])
+            start += rows.n
+        return answers
+
+    @staticmethod
+    def _split(result: Any, n: int) -> list[Any]:
+        """One output per row of a prediction."""
         if isinstance(result, list):  # multi-output predict_proba: one array per output
-            return [[r[i].tolist() for r in result] for i in range(len(batch))]
+            return [[r[i].tolist() for r in result] for i in range(n)]
         result = np.asarray(result)
         if result.ndim == 1:
             return [v.item() if isinstance(v, np.generic) else v for v in result]
         return [row.tolist() for row in result]
 
-    def warmup_input(self) -> np.ndarray | None:
+    def warmup_input(self) -> Any:
+        if self._table is not None:
+            return self._table.sample or self._table.decode(self._table.example())
         return None if self._n_features is None else np.zeros(self._n_features, dtype=np.float64)
+
+    def decode_tensors(self, tensors: dict[str, np.ndarray]) -> list[Any]:
+        if self._table is None:
+            return super().decode_tensors(tensors)
+        columns: dict[str, list[Any]] = {}
+        for name, array in tensors.items():
+            if array.ndim == 2 and array.shape[1] == 1:
+                array = array[:, 0]
+            if array.ndim != 1:
+                raise InvalidInput(f"input '{name}': one column is a tensor of shape [rows] or [rows, 1]")
+            columns[name] = array.tolist()
+        rows = self._table.decode(columns)
+        return [self._table.decode({k: v[i] for k, v in columns.items()}) for i in range(rows.n)]
 
     def metadata(self) -> dict[str, Any]:
         width = -1 if self._n_features is None else self._n_features
         inputs: list[dict[str, Any]] = [{"name": "input-0", "datatype": "FP64", "shape": [-1, width]}]
+        if self._table is not None:
+            inputs = self._table.metadata()
         classes = getattr(self._estimator, "classes_", None)
         if self._method == "predict_proba":
             n = len(classes) if isinstance(classes, np.ndarray) and classes.ndim == 1 else -1
@@ -182,6 +248,92 @@ class SklearnRuntime(ModelRuntime):
             output = {"name": "output-0", "datatype": oip_datatype(classes.dtype), "shape": [-1]}
         else:
             output = {"name": "output-0", "datatype": "FP64", "shape": [-1]}
-        if self._feature_names is not None:
-            inputs[0]["parameters"] = {"feature_names": self._feature_names}
         return {"inputs": inputs, "outputs": [output]}
+
+
+def _table(estimator: Any, names: list[str], params: Mapping[str, Any]) -> Table:
+    """The columns of a DataFrame-fitted estimator (precedence in the module docstring)."""
+    columns = {n: Column(n) for n in names}
+    columns.update(_pipeline_columns(estimator, names))
+    example = params.get("example")
+    if example is not None:
+        if not isinstance(example, Mapping):
+            raise ConfigurationError("sklearn param 'example' must be one record {column: value}")
+        for name, value in example.items():
+            if name in columns and isinstance(value, str) and columns[name].kind in ("float", "int", "bool"):
+                columns[name] = Column(name, "str")
+    declared = params.get("columns")
+    if declared is not None:
+        if not isinstance(declared, Mapping):
+            raise ConfigurationError("sklearn param 'columns' must map each column to its dtype")
+        missing = [n for n in names if n not in declared]
+        unknown = sorted(str(n) for n in declared if n not in columns)
+        if missing or unknown:
+            raise ConfigurationError(
+                "sklearn param 'columns' does not match the model's columns: "
+                f"missing {missing}, unknown {unknown}"
+            )
+        columns.update({n: column_from_schema(n, declared[n]) for n in names})
+    max_rows = params.get("max_rows", 1024)
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+        raise ConfigurationError(f"sklearn param 'max_rows' must be a positive integer, not {max_rows!r}")
+    table = Table([columns[n] for n in names], max_rows=max_rows)
+    if isinstance(example, Mapping):
+        try:  # a sample that does not fit its own model is refused at load, not at its first request
+            table.sample = table.decode(dict(example))
+        except InvalidInput as exc:
+            raise ConfigurationError(
+                f"sklearn param 'example' does not fit the model: {exc.message}"
+            ) from exc
+    return table
+
+
+def _pipeline_columns(estimator: Any, names: list[str]) -> dict[str, Column]:
+    """String columns of the ColumnTransformers inside ``estimator`` (the rest stays numeric)."""
+    found: dict[str, Column] = {}
+    for ct in _column_transformers(estimator):
+        ct_names = [str(n) for n in getattr(ct, "feature_names_in_", names)]
+        indices = getattr(ct, "_transformer_to_input_indices", None) or {}
+        for name, transformer, selection in getattr(ct, "transformers_", []):
+            if name in indices:
+                cols = [ct_names[i] for i in indices[name]]
+            elif isinstance(selection, str):
+                cols = [selection]
+            elif isinstance(selection, list) and all(isinstance(c, str) for c in selection):
+                cols = list(selection)
+            else:
+                continue
+            encoder = _encoder(transformer)
+            categories = getattr(encoder, "categories_", None)
+            if categories is None or len(categories) != len(cols):
+                continue
+            strict = getattr(encoder, "handle_unknown", "error") == "error"
+            for col, cats in zip(cols, categories, strict=True):
+                if np.asarray(cats).dtype.kind not in "OUS":
+                    continue
+                known = [c for c in cats.tolist() if isinstance(c, str)]
+                allowed = frozenset(known) if strict and known else None
+                found[col] = Column(col, "str", allowed=allowed, known=tuple(known))
+    return found
+
+
+def _column_transformers(estimator: Any) -> list[Any]:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    if isinstance(estimator, ColumnTransformer):
+        return [estimator]
+    if isinstance(estimator, Pipeline):
+        return [ct for _, step in estimator.steps for ct in _column_transformers(step)]
+    return []
+
+
+def _encoder(transformer: Any) -> Any:
+    """The first step of ``transformer`` (itself or a Pipeline) that learnt categories."""
+    from sklearn.pipeline import Pipeline
+
+    steps = [s for _, s in transformer.steps] if isinstance(transformer, Pipeline) else [transformer]
+    for step in steps:
+        if getattr(step, "categories_", None) is not None:
+            return step
+    return None

@@ -113,6 +113,12 @@ class Metrics:
             "mlgate_model_batch_size", "items per executed batch", labels, buckets=_BATCH_BUCKETS, registry=r
         )
         self.cold_starts = Counter("mlgate_model_cold_starts", "model version loads", labels, registry=r)
+        self.load_failures = Counter(
+            "mlgate_model_load_failures",
+            "version loads that failed (at start, on demand, or a push's trial load: version 'push')",
+            labels,
+            registry=r,
+        )
         self.load_seconds = Gauge(
             "mlgate_model_load_seconds", "seconds the last load took", labels, registry=r
         )

@@ -155,3 +155,14 @@ def test_update_rate_rules(engine: sa.Engine) -> None:
     assert store.update("q", burst=7).burst == 7
     assert store.update("q", rate=9).burst == 7  # a new rate keeps the burst
     assert store.update("q", rate=None).burst is None
+
+
+def test_the_default_plan_keeps_a_limit(engine: sa.Engine) -> None:
+    store = PlanStore(engine, default_plan="base")
+    store.create("base", rate=5)
+    store.create("other", rate=5)
+    with pytest.raises(InvalidInput, match="default plan"):
+        store.update("base", rate=None)
+    assert store.get("base").rate == 5.0
+    assert store.update("base", rate=None, quota_limit=10, quota_period="DAY").rate is None
+    assert not store.update("other", rate=None).metered  # no key uses it: it may lose its limits

@@ -36,7 +36,9 @@ LIMIT = 1000
 class MiniApp:
     """See the module docstring. ``http`` overrides :class:`~mlgate.settings.HttpSettings`."""
 
-    def __init__(self, tmp_path: Path, *, max_inflight: int = 0, **http: Any) -> None:
+    def __init__(
+        self, tmp_path: Path, *, max_inflight: int = 0, upload_limit: int | None = None, **http: Any
+    ) -> None:
         self.release = asyncio.Event()
         self.entered = asyncio.Event()
         self.asgi_paths: list[str] = []  # requests that reached the stand-in for FastAPI
@@ -64,7 +66,7 @@ class MiniApp:
             max_body_bytes=LIMIT,
             max_inflight=max_inflight,
         )
-        self.edge.stream("/upload")
+        self.edge.stream("/upload", limit=upload_limit)
         self.driver = AsgiDriver(self.edge, self.inner)
         self.uvicorn: uvicorn.Server | None = None  # the server running it (set by serve)
 

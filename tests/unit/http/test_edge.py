@@ -138,3 +138,32 @@ def test_readyz_and_metrics(tmp_path: Path) -> None:
         assert "mlgate_server_startup_seconds" in text
 
     run(tmp_path, body)
+
+
+def test_readyz_lists_failed_versions_and_is_unready_only_when_an_alias_points_at_one(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        admin_key=ADMIN,
+        log={"access_stdout": False},
+        services=["temperatura"],
+        auth={"model_routes": "public"},  # type: ignore[arg-type]
+    )
+    app = create_app(settings)
+
+    async def main() -> None:
+        async with app.lifespan_context():
+            assert app.server is not None
+            failed = app.server.dataplane._failed
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+                assert (await c.get("/readyz")).json()["failed"] == []
+                failed[("temperatura", 7)] = (0.0, "could not load temperatura v7")  # nothing aliases v7
+                r = await c.get("/readyz")
+                assert r.status_code == 200 and r.json()["failed"] == ["temperatura:7"]
+                failed[("temperatura", 1)] = (0.0, "could not load temperatura v1")  # production's
+                r = await c.get("/readyz")
+                assert r.status_code == 503
+                assert r.json()["status"] == "degraded"
+                assert r.json()["failed"] == ["temperatura:1", "temperatura:7"]
+
+    asyncio.run(main())
