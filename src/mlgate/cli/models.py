@@ -1,0 +1,175 @@
+"""``mlgate models``: list, info, push (files, folders, s3:// URIs), alias, delete."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
+
+import typer
+
+from mlgate.cli.common import ApiKeyOpt, Url, _check, _client, _table, console, err
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+models_app = typer.Typer(help="Models, versions and aliases.", no_args_is_help=True)
+
+
+@models_app.command("list")
+def models_list(url: Url = "http://127.0.0.1:8000", api_key: ApiKeyOpt = None) -> None:
+    """List models, their aliases and loaded versions."""
+    with _client(url, api_key) as client:
+        body = _check(client.get("/v1/models"))
+    table = _table("model", "latest", "aliases", "loaded")
+    for m in body["models"]:
+        aliases = ", ".join(f"{a}→{v}" for a, v in sorted(m["aliases"].items()))
+        table.add_row(m["name"], str(m["latest_version"]), aliases, ", ".join(map(str, m["loaded_versions"])))
+    console.print(table)
+
+
+@models_app.command("info")
+def models_info(name: str, url: Url = "http://127.0.0.1:8000", api_key: ApiKeyOpt = None) -> None:
+    """Show a model and every version's manifest."""
+    with _client(url, api_key) as client:
+        console.print_json(data=_check(client.get(f"/v1/models/{name}")))
+
+
+class _Reader:
+    """A file whose reads advance a progress bar (httpx streams multipart files by ``read``)."""
+
+    def __init__(self, f: BinaryIO, progress: Progress, task: Any) -> None:
+        self._f, self._progress, self._task = f, progress, task
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._f.read(size)
+        self._progress.update(self._task, advance=len(chunk))
+        return chunk
+
+
+@models_app.command("push")
+def models_push(
+    name: str,
+    path: Annotated[
+        str, typer.Argument(help="a model file, a folder of files, or an s3://bucket/key the server fetches")
+    ],
+    runtime: Annotated[str | None, typer.Option(help="runtime (default: from the extension)")] = None,
+    artifact: Annotated[str | None, typer.Option(help="main file inside a folder")] = None,
+    manifest: Annotated[Path | None, typer.Option(exists=True, help="manifest JSON file")] = None,
+    alias: Annotated[
+        list[str] | None, typer.Option(help="alias to point at the new version (repeatable)")
+    ] = None,
+    trusted: Annotated[bool, typer.Option(help="allow a pickle to load (it executes code)")] = False,
+    sha256: Annotated[
+        str | None, typer.Option(help="the sha256 an s3:// object must have (files are hashed here)")
+    ] = None,
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Upload a new version of NAME from PATH (streamed, with progress; the server checks each
+    file's sha256), or register it from an s3:// URI the server fetches itself."""
+    data: dict[str, Any] = json.loads(manifest.read_text()) if manifest else {}
+    if runtime:
+        data["runtime"] = runtime
+    if artifact:
+        data["artifact"] = artifact
+    if trusted:
+        data["trusted"] = True
+    fields = {"manifest": json.dumps(data), "aliases": ",".join(alias or [])}
+    if path.startswith("s3://"):
+        _push_uri(name, path, sha256, fields, url, api_key)
+        return
+    local = Path(path)
+    if not local.exists():
+        err.print(f"[red]no such file or folder[/red]: {path}")
+        raise typer.Exit(2)
+    files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
+    root = local.parent if local.is_file() else local
+    total = sum(p.stat().st_size for p in files)
+    handles = [p.open("rb") for p in files]
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    try:
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=err.real(),
+        ) as progress:
+            task = progress.add_task(f"hashing {name}", total=total)
+            digests = [_sha256(p, progress, task) for p in files]
+            progress.reset(task, description=f"uploading {name}", total=total)
+            parts: list[tuple[str, Any]] = [
+                (
+                    "files",
+                    (p.relative_to(root).as_posix(), _Reader(h, progress, task), "application/octet-stream"),
+                )
+                for p, h in zip(files, handles, strict=True)
+            ]
+            checks = [f"{p.relative_to(root).as_posix()}={d}" for p, d in zip(files, digests, strict=True)]
+            form: dict[str, Any] = {**fields, "sha256": checks}
+            with _client(url, api_key, timeout=3600) as client:
+                body = _check(client.post(f"/v1/models/{name}/versions", files=parts, data=form))
+    finally:
+        for h in handles:
+            h.close()
+    _print_pushed(body, "checked by the server against this client's")
+
+
+def _sha256(path: Path, progress: Any, task: Any) -> str:
+    """A file's sha256, advancing the progress bar (the server checks it against what it received)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            progress.update(task, advance=len(chunk))
+    return digest.hexdigest()
+
+
+def _push_uri(
+    name: str, uri: str, sha256: str | None, fields: dict[str, str], url: str, api_key: str | None
+) -> None:
+    """Register a version from an object the server fetches itself (never through this client)."""
+    parts = [(k, (None, v)) for k, v in {**fields, "uri": uri, "sha256": sha256 or ""}.items() if v]
+    with err.real().status(f"the server is fetching {uri}"), _client(url, api_key, timeout=3600) as client:
+        body = _check(client.post(f"/v1/models/{name}/versions", files=parts))
+    _print_pushed(body, "checked by the server against --sha256" if sha256 else "computed by the server")
+
+
+def _print_pushed(body: dict[str, Any], how: str) -> None:
+    console.print(f"[green]registered[/green] {body['model']} v{body['version']} ({body['runtime']})")
+    for rel, digest in sorted(body["files"].items()):
+        console.print(f"  sha256 {digest}  {rel}  ({how})")
+
+
+@models_app.command("alias")
+def models_alias(
+    name: str, alias: str, version: int, url: Url = "http://127.0.0.1:8000", api_key: ApiKeyOpt = None
+) -> None:
+    """Point ALIAS of NAME at VERSION (promote or roll back, no restart)."""
+    with _client(url, api_key) as client:
+        body = _check(client.put(f"/v1/models/{name}/aliases/{alias}", json={"version": version}))
+    console.print(f"{body['model']}:{body['alias']} → v{body['version']}")
+
+
+@models_app.command("delete")
+def models_delete(
+    name: str,
+    version: Annotated[
+        int | None, typer.Option(help="delete this version only (refused while aliased)")
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Delete a version of NAME (--version N), or the whole model with its aliases and versions."""
+    what = f"{name} v{version}" if version is not None else f"model {name} and every version of it"
+    if not yes and not typer.confirm(f"delete {what}?"):
+        raise typer.Exit(1)
+    route = f"/v1/models/{name}/versions/{version}" if version is not None else f"/v1/models/{name}"
+    with _client(url, api_key) as client:
+        _check(client.delete(route))
+    console.print(f"[green]deleted[/green] {what}")
