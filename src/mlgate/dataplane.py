@@ -427,13 +427,21 @@ def _input_check(manifest: Manifest) -> Callable[[Any], None] | None:
     if not schema:
         return None
     from jsonschema import exceptions, validators  # type: ignore[import-untyped]  # declared schemas only
+    from referencing import Registry
 
+    outside = _outside_refs(schema)
+    if outside:
+        # A $ref to a file or a URL would make the server read or fetch it on every predict
+        # (and /docs' visitors' browsers too): only references inside the schema are allowed.
+        raise ConfigurationError(
+            f"input_schema may only use local references ('#/...'), not {outside[0][:100]!r}"
+        )
     cls = validators.validator_for(schema)
     try:
         cls.check_schema(schema)
     except exceptions.SchemaError as exc:
         raise ConfigurationError(f"input_schema is not a valid JSON Schema: {exc.message}") from None
-    validator = cls(schema)
+    validator = cls(schema, registry=Registry())  # an empty registry: nothing is ever retrieved
 
     def check(payload: Any) -> None:
         error = exceptions.best_match(validator.iter_errors(payload))
@@ -446,6 +454,25 @@ def _input_check(manifest: Manifest) -> Callable[[Any], None] | None:
             )
 
     return check
+
+
+def _outside_refs(schema: Any) -> list[str]:
+    """The ``$ref``/``$dynamicRef`` values of ``schema`` that do not point inside it."""
+    found: list[str] = []
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("$ref", "$dynamicRef", "$recursiveRef") and not (
+                    isinstance(value, str) and value.startswith("#")
+                ):
+                    found.append(str(value))
+                else:
+                    stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
 
 
 def _log_failure(what: str, loaded: LoadedModel, exc: BaseException) -> None:

@@ -195,7 +195,11 @@ class Registrar:
         local = folder / key
         if local.exists():
             raise InvalidInput("file names must be unique")
-        open_store(prefix, s3=self.settings.s3).download(key, local)
+        try:
+            store = open_store(prefix, s3=self.settings.s3)
+        except ConfigurationError as exc:  # the client's URI, not the server's configuration
+            raise InvalidInput(exc.message) from None
+        store.download(key, local)
         return key, local, sha256_file(local)
 
     def _model_exists(self, name: str) -> bool:

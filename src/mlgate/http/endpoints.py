@@ -47,12 +47,15 @@ def version_ref(raw: str | None) -> str | int | None:
 
     if raw is None or raw == "":
         return None
-    if raw.isdigit():
-        number = int(raw)
-        if number < 1:
-            raise InvalidInput("version numbers start at 1")
-        return number
+    if raw.isascii() and raw.isdigit():
+        if len(raw) > 10 or not 1 <= int(raw) <= _MAX_VERSION:  # before any lookup (the database's ints)
+            raise InvalidInput(f"version numbers are 1 to {_MAX_VERSION}")
+        return int(raw)
     return raw
+
+
+#: The largest version number (a 32-bit integer column on every backend).
+_MAX_VERSION = 2**31 - 1
 
 
 def service_endpoint(adapter: RouteAdapter) -> WireEndpoint:

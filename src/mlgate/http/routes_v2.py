@@ -156,6 +156,8 @@ async def _infer(request: Request, name: str, ref: str | int | None) -> JSONResp
         raise InvalidInput('an inference request is {"inputs": [{name, shape, datatype, data}, ...]}')
     tensors = dict(_tensor(spec) for spec in body["inputs"])
     rows = next(iter(tensors.values())).shape[0] if next(iter(tensors.values())).ndim else 1
+    if rows < 1:
+        raise InvalidInput("an inference request needs at least one row (the first dimension is 0)")
     x = exchange_of(request)
     await admit(x, model=name, cost=max(1, int(rows)), check=known_model(x, name, ref))
     info, outputs = await server_of(request).dataplane.infer_tensors(name, tensors, version=ref)
