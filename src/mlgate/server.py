@@ -33,6 +33,9 @@ from mlgate.access.usage import UsageRecorder
 from mlgate.access.users import UserStore
 from mlgate.cache import ArtifactCache
 from mlgate.dataplane import DataPlane
+from mlgate.monitoring.alerts import AlertEngine
+from mlgate.monitoring.capture import Capture
+from mlgate.monitoring.monitor import DriftMonitor
 from mlgate.registration import Registrar
 from mlgate.repository import Repository
 from mlgate.services import discover_services
@@ -68,6 +71,10 @@ class Server:
     limiter: LimiterStorage
     usage: UsageRecorder
     gate: Gate
+    #: data capture, drift, alert rules (docs/monitoring.md)
+    capture: Capture
+    drift: DriftMonitor
+    alerts: AlertEngine
     services: list[Service] = field(default_factory=list)
     #: built by :meth:`build_workflows` (``mlgate serve``: right after startup, in a thread)
     workflows: WorkflowService | None = None
@@ -134,6 +141,15 @@ class Server:
             limiter=limiter,
             usage=usage,
             gate=gate,
+            capture=Capture(settings=settings, store=store, engine=repository.engine, metrics=metrics),
+            drift=DriftMonitor(
+                settings=settings,
+                store=store,
+                engine=repository.engine,
+                repository=repository,
+                metrics=metrics,
+            ),
+            alerts=AlertEngine(settings=settings, engine=repository.engine, metrics=metrics),
             services=services,
         )
 
@@ -166,13 +182,19 @@ class Server:
         await asyncio.to_thread(self.bootstrap)
         self._usage_task = asyncio.get_running_loop().create_task(self.usage.run(), name="mlgate-usage")
         await self.dataplane.start()
+        await self.capture.start()
+        await self.drift.start()
+        await self.alerts.start()
 
     async def stop(self) -> None:
         """Workflows, models, usage (flushed), limiter, access log (flushed), database: in that order."""
         self.dataplane.ready = False
         if self.workflows is not None:
             await self.workflows.stop()  # waits briefly, then aborts running executions
+        await self.alerts.stop()
+        await self.drift.stop()
         await self.dataplane.stop()
+        await self.capture.stop()  # after the models: what they answered last is written out
         if self._usage_task is not None:
             self._usage_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -20,11 +20,14 @@ from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
+    "AlertSettings",
     "AuthSettings",
+    "CaptureSettings",
     "CorsSettings",
     "HttpSettings",
     "LimiterSettings",
     "LogSettings",
+    "MonitorSettings",
     "S3Settings",
     "Settings",
     "apply_process_environment",
@@ -145,6 +148,80 @@ class WorkflowSettings(BaseModel):
     )
     purge_interval_s: float = Field(
         default=3600.0, ge=0.1, description="how often each server process applies the retention"
+    )
+
+
+class CaptureSettings(BaseModel):
+    """Data capture (docs/monitoring.md): a sampled copy of requests and answers, written to the
+    store in SageMaker Data Capture format off the request path."""
+
+    sample: float = Field(
+        default=0.0, ge=0, le=1, description="fraction of requests captured (0 = off); per model via the API"
+    )
+    queue_size: int = Field(
+        default=10_000,
+        ge=1,
+        description="captured records waiting to be written; beyond it a sample is dropped",
+    )
+    queue_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="bytes of captured records waiting; beyond it dropped"
+    )
+    max_record_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="a larger request+answer is not captured (counted)"
+    )
+    flush_s: float = Field(default=5.0, gt=0, le=3600, description="how often the queue is written out")
+    file_records: int = Field(default=1000, ge=1, description="records per written object at most")
+    retention_days: float = Field(
+        default=30.0, ge=0, description="captured files older than this are deleted (0 = kept forever)"
+    )
+    redact: list[str] = Field(
+        default_factory=list,
+        description="JSON fields (names or dotted paths) never captured, for every model",
+    )
+
+
+class MonitorSettings(BaseModel):
+    """Drift against each version's baseline (docs/monitoring.md)."""
+
+    interval_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="how often drift is evaluated for captured models (0 = on demand only)",
+    )
+    window_s: float = Field(
+        default=3600.0, gt=0, description="the window of captured data a scheduled run reads"
+    )
+    min_rows: int = Field(default=50, ge=1, description="fewer captured rows than this: no verdict")
+    max_rows: int = Field(default=20_000, ge=1, description="captured rows read per evaluation at most")
+    psi_warn: float = Field(default=0.1, ge=0, description="PSI at or above this: a moderate shift")
+    psi_alert: float = Field(default=0.25, ge=0, description="PSI at or above this: drift (a violation)")
+    p_value: float = Field(default=0.01, gt=0, lt=1, description="KS / chi-squared significance level")
+
+
+class AlertSettings(BaseModel):
+    """Alert rules evaluated in-process (docs/monitoring.md)."""
+
+    enabled: bool = Field(default=True, description="evaluate alert rules (one evaluator across processes)")
+    interval_s: float = Field(default=15.0, gt=0, le=3600, description="evaluation interval")
+    snapshot_s: float = Field(
+        default=5.0, gt=0, le=600, description="how often each process shares its metric samples"
+    )
+    rules_file: Path | None = Field(
+        default=None, description="Prometheus alerting-rule YAML with extra (or replacing) rules"
+    )
+    default_rules: bool = Field(default=True, description="include the built-in rules")
+    webhooks: list[str] = Field(
+        default_factory=list, description="URLs receiving Alertmanager webhook v4 notifications"
+    )
+    alertmanager_url: str | None = Field(
+        default=None, description="a real Alertmanager to push to (its /api/v2/alerts)"
+    )
+    repeat_interval_s: float = Field(
+        default=4 * 3600.0, gt=0, description="a firing alert is notified again after this"
+    )
+    history_days: float = Field(default=7.0, ge=0, description="alert history kept (0 = forever)")
+    memory_limit_bytes: int | None = Field(
+        default=None, ge=1, description="process memory limit for the memory rule (default: cgroup, else RAM)"
     )
 
 
@@ -272,6 +349,9 @@ class Settings(BaseSettings):
     limiter: LimiterSettings = Field(default_factory=LimiterSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
     workflows: WorkflowSettings = Field(default_factory=WorkflowSettings)
+    capture: CaptureSettings = Field(default_factory=CaptureSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

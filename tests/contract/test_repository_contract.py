@@ -13,6 +13,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import inspect, text
 
 from mlgate.db import create_engine_for, upgrade
+from mlgate.db.migrate import HEAD_REVISION
 from mlgate.errors import Conflict, InvalidInput, ModelNotFound, NotFound, VersionNotFound
 from mlgate.repository import Repository
 from mlgate.types import Manifest
@@ -33,6 +34,12 @@ TABLES = {
     "workflows",
     "executions",
     "execution_events",
+    "monitor_models",
+    "monitor_leases",
+    "telemetry_snapshots",
+    "alert_states",
+    "alert_events",
+    "drift_latest",
 }
 
 
@@ -389,7 +396,8 @@ def test_migration_is_idempotent(database_url: str) -> None:
     engine = create_engine_for(database_url)
     try:
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0004"]
+            revisions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+            assert revisions == [HEAD_REVISION]
             assert conn.execute(text("SELECT id, generation FROM registry_state")).all() == [(1, 0)]
     finally:
         engine.dispose()

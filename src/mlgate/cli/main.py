@@ -10,8 +10,10 @@ from typing import Annotated
 import typer
 
 from mlgate.cli.access import keys_app, plans_app, users_app
+from mlgate.cli.alerts import alerts_app
 from mlgate.cli.common import ApiKeyOpt, Url, _check, _client, console, err
 from mlgate.cli.models import models_app
+from mlgate.cli.monitor import monitor_app
 from mlgate.cli.workflows import workflows_app
 from mlgate.settings import export_environ, load_settings
 
@@ -23,6 +25,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(plans_app, name="plans")
 app.add_typer(users_app, name="users")
 app.add_typer(workflows_app, name="workflows")
+app.add_typer(monitor_app, name="monitor")
+app.add_typer(alerts_app, name="alerts")
 
 
 @app.command()

@@ -34,8 +34,11 @@ from sqlalchemy.types import TypeDecorator
 __all__ = [
     "NAMING_CONVENTION",
     "UtcDateTime",
+    "alert_events",
+    "alert_states",
     "aliases",
     "api_keys",
+    "drift_latest",
     "execution_events",
     "executions",
     "key_plans",
@@ -44,7 +47,10 @@ __all__ = [
     "metadata",
     "model_versions",
     "models",
+    "monitor_leases",
+    "monitor_models",
     "registry_state",
+    "telemetry_snapshots",
     "usage_daily",
     "usage_plans",
     "users",
@@ -280,4 +286,85 @@ execution_events = Table(
     Column("timestamp", UtcDateTime, nullable=False),
     Column("state", String(128), nullable=True),
     Column("details", Text, nullable=False),  # JSON object
+)
+
+
+# -- monitoring (0005) -------------------------------------------------------------------
+# Times in these tables are epoch seconds (Float): leases and snapshots are compared with the
+# clock of whichever process reads them, and the alert engine works in epoch seconds.
+
+#: Per-model monitoring settings set through the admin API / CLI (absent row: the globals).
+monitor_models = Table(
+    "monitor_models",
+    metadata,
+    Column("model", String(64), primary_key=True),
+    Column("capture_sample", Float, nullable=True),  # 0..1; None: MLGATE_CAPTURE__SAMPLE
+    Column("capture_redact", Text, nullable=True),  # JSON list of field names / dotted paths
+    Column("capture_retention_days", Integer, nullable=True),
+    Column("updated_at", Float, nullable=False),
+)
+
+#: Leases: exactly one holder at a time across worker processes and replicas on one database
+#: (the alert evaluator, the drift schedule). A holder renews before ``expires_at``.
+monitor_leases = Table(
+    "monitor_leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(160), nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+#: Each server process's current metric samples (cumulative counters, histogram buckets,
+#: gauges), upserted every few seconds, so one evaluator sees every process's figures.
+telemetry_snapshots = Table(
+    "telemetry_snapshots",
+    metadata,
+    Column("process", String(160), primary_key=True),  # host:pid:instance
+    Column("started_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("data", Text, nullable=False),  # JSON
+)
+
+#: The current state of every alert instance (a rule and one label set): Prometheus' states.
+alert_states = Table(
+    "alert_states",
+    metadata,
+    Column("fingerprint", String(32), primary_key=True),
+    Column("rule", String(255), nullable=False),
+    Column("labels", Text, nullable=False),  # JSON object
+    Column("annotations", Text, nullable=False),  # JSON object
+    Column("state", String(16), nullable=False),  # pending | firing | resolved
+    Column("value", Float, nullable=True),
+    Column("active_at", Float, nullable=True),
+    Column("fired_at", Float, nullable=True),
+    Column("resolved_at", Float, nullable=True),
+    Column("last_seen_at", Float, nullable=True),
+    Column("last_notified_at", Float, nullable=True),
+    Column("updated_at", Float, nullable=False),
+)
+
+#: Every state change of an alert instance, and its value at that time (the alert history).
+alert_events = Table(
+    "alert_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("fingerprint", String(32), nullable=False),
+    Column("rule", String(255), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("value", Float, nullable=True),
+    Column("labels", Text, nullable=False),
+    Index("ix_alert_events_at", "at"),
+)
+
+#: The latest drift figures per (model, version, feature, statistic), for gauges in every process.
+drift_latest = Table(
+    "drift_latest",
+    metadata,
+    Column("model", String(64), primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("feature", String(255), primary_key=True),
+    Column("metric", String(16), primary_key=True),  # psi | ks | chi2 | output
+    Column("value", Float, nullable=False),
+    Column("evaluated_at", Float, nullable=False),
 )

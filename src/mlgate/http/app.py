@@ -228,8 +228,11 @@ def _build_fastapi(app: MlgateApp) -> FastAPI:
     from mlgate.http import (
         routes_access,
         routes_admin,
+        routes_alerts,
         routes_auth,
+        routes_capture,
         routes_docs,
+        routes_drift,
         routes_models,
         routes_ops,
         routes_services,
@@ -257,6 +260,9 @@ def _build_fastapi(app: MlgateApp) -> FastAPI:
     api.include_router(routes_auth.router)
     api.include_router(routes_access.router)
     api.include_router(routes_workflows.router)
+    api.include_router(routes_capture.router)
+    api.include_router(routes_drift.router)
+    api.include_router(routes_alerts.router)
     for service in app.services:
         routes_services.mount(api, service)
     routes_docs.install(api, lambda: app.server)

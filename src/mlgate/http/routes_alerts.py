@@ -1,0 +1,7 @@
+"""Admin API: alerts (docs/monitoring.md). Being written."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["monitoring"])
