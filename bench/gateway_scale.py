@@ -570,31 +570,36 @@ def target_row(result: dict[str, Any]) -> str:
     )
 
 
-def read_section(out: Path) -> tuple[str, str] | None:
-    """The section and target row already in ``out`` (to keep them when this part is not run)."""
+def read_section(
+    out: Path, *, start: str = START, end: str = END, target_row: str = TARGET_ROW
+) -> tuple[str, str] | None:
+    """The section and target row already in ``out`` (to keep them when this part is not run).
+    Other parts with their own section (bench/capture_overhead.py) pass their markers."""
     if not out.exists():
         return None
     text = out.read_text()
-    if START not in text or END not in text:
+    if start not in text or end not in text:
         return None
-    section = text[text.index(START) : text.index(END) + len(END)]
-    row = next((ln for ln in text.splitlines() if ln.startswith(TARGET_ROW)), "")
+    section = text[text.index(start) : text.index(end) + len(end)]
+    row = next((ln for ln in text.splitlines() if ln.startswith(target_row)), "")
     return section, row
 
 
-def write_section(out: Path, section: str, row: str) -> None:
+def write_section(
+    out: Path, section: str, row: str, *, start: str = START, end: str = END, target_row: str = TARGET_ROW
+) -> None:
     """Put ``section`` between the markers (else before the workflow-overhead section, else at the
     end) and ``row`` as the last row of the targets table; the rest of the file is left as it is."""
     text = out.read_text() if out.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
+    if start in text and end in text:
+        text = text[: text.index(start)] + section + text[text.index(end) + len(end) :]
     elif "<!-- workflow-overhead:start -->" in text:
         at = text.index("<!-- workflow-overhead:start -->")
         text = text[:at] + section + "\n\n" + text[at:]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     if row:
-        lines = [ln for ln in text.split("\n") if not ln.startswith(TARGET_ROW)]
+        lines = [ln for ln in text.split("\n") if not ln.startswith(target_row)]
         head = next((i for i, ln in enumerate(lines) if ln.startswith("## Targets")), None)
         if head is not None:
             i = head + 1

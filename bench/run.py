@@ -7,7 +7,7 @@ limit; W3 the vehicle workflow when its route exists. Systems are interleaved ro
 reported, and every figure is also a ratio to the floor measured in the same round.
 
 Environment: ``BENCH_QUICK=1`` (1 round, 3 s points, FastAPI as the only peer),
-``BENCH_PEERS=fastapi-async,ray`` (a subset), ``BENCH_ONLY=mlgate-1w,w2,w3,all,scale`` (parts),
+``BENCH_PEERS=fastapi-async,ray`` (a subset), ``BENCH_ONLY=mlgate-1w,w2,w3,all,scale,capture`` (parts),
 ``BENCH_ROUNDS``, ``BENCH_SECONDS``,
 ``BENCH_OUT`` (default docs/benchmarks.md). Raw results go to bench/results/<stamp>/.
 Run with the serving venv's python (``make bench`` does).
@@ -32,6 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import capture_overhead
 import envs
 import gateway_scale
 import report
@@ -653,6 +654,8 @@ def main() -> int:
         results["gateway_scale"] = gateway_scale.run(
             out_dir, quick=QUICK, keep_data=os.environ.get("BENCH_KEEP_DATA") == "1"
         )
+    if wanted("capture"):  # issue 15: W1 with every request captured vs capture off
+        results["capture"] = capture_overhead.run(out_dir, quick=QUICK)
     return finish(results, started, out_dir)
 
 
@@ -707,12 +710,25 @@ def finish(results: dict[str, Any], started: float, out_dir: Path) -> int:
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     out = Path(os.environ.get("BENCH_OUT", ROOT / "docs" / "benchmarks.md"))
     kept_scale = gateway_scale.read_section(out)  # report.write regenerates the file
+    kept_capture = capture_overhead.read(out)
     report.write(results, out)
     scale = results.get("gateway_scale")
     if scale:
         gateway_scale.write_section(out, gateway_scale.render(scale), gateway_scale.target_row(scale))
     elif kept_scale:  # the part was not run (BENCH_ONLY): keep the last measured section
         gateway_scale.write_section(out, *kept_scale)
+    if results.get("capture"):
+        capture_overhead.write(out, results["capture"])
+    elif kept_capture:
+        section, row = kept_capture
+        gateway_scale.write_section(
+            out,
+            section,
+            row,
+            start=capture_overhead.START,
+            end=capture_overhead.END,
+            target_row=capture_overhead.TARGET_ROW,
+        )
     log(f"done in {results['elapsed_s'] / 60:.1f} min: {out} (raw: {out_dir / 'results.json'})")
     return 0
 

@@ -122,6 +122,7 @@ class Server:
             usage=usage,
             users=users,
             tokens=TokenIssuer(_jwt_secret(settings), minutes=settings.auth.token_minutes),
+            quota_usage=metrics.quota_used,
         )
         dataplane = DataPlane(
             settings=settings, repository=repository, cache=cache, metrics=metrics, processors=processors
@@ -218,6 +219,7 @@ class Server:
                 metrics=self.metrics,
                 services=self.services,
                 settings=self.settings.workflows,
+                observer=self.capture,  # model calls sampled, Fail-state executions kept for review
             )
             workflows.deploy_bundled([w for s in self.services for w in s.workflows])
             self.workflows = workflows

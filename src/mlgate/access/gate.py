@@ -31,7 +31,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from mlgate.access.keys import ApiKey, KeyStore
 from mlgate.access.limiter import Decision, LimiterStorage, QuotaDecision, quota_window
@@ -44,6 +44,9 @@ from mlgate.access.users import UserStore
 from mlgate.errors import Forbidden, QuotaExceeded, Throttled, Unauthorized
 from mlgate.settings import AuthSettings
 from mlgate.types import AuthMode, Caller
+
+if TYPE_CHECKING:
+    from mlgate.telemetry.metrics import QuotaUsage
 
 __all__ = ["ANONYMOUS", "Admission", "Gate"]
 
@@ -93,8 +96,11 @@ class Gate:
         usage: UsageRecorder,
         users: UserStore,
         tokens: TokenIssuer,
+        quota_usage: QuotaUsage | None = None,
     ) -> None:
         self.settings = settings
+        #: mlgate_quota_used_ratio (budgets at 50 % of their quota or more), for the quota alert
+        self.quota_usage = quota_usage
         self.keys = keys
         self.plans = plans
         self.limiter = limiter
@@ -215,7 +221,7 @@ class Gate:
             cost=cost,
             now=when,
         )
-        self._apply(admission, decision, quota, when)
+        self._apply(admission, decision, quota, when, granted.quota_key, plan)
         admission.plan, admission.quota_key, admission.window_end = plan, granted.quota_key, end
         return admission, None
 
@@ -314,12 +320,18 @@ class Gate:
             decision = await self.limiter.take(
                 f"bucket:{subject}", rate=plan.rate, burst=plan.burst, cost=cost, now=now
             )
-        self._apply(admission, decision, quota, now)
+        self._apply(admission, decision, quota, now, quota_key, plan)
         if quota is not None:
             admission.plan, admission.quota_key, admission.window_end = plan, quota_key, end
 
     def _apply(
-        self, admission: Admission, decision: Decision | None, quota: QuotaDecision | None, now: float
+        self,
+        admission: Admission,
+        decision: Decision | None,
+        quota: QuotaDecision | None,
+        now: float,
+        quota_key: str | None = None,
+        plan: Plan | None = None,
     ) -> None:
         """The limiter's answers as rate-limit headers, and a refusal as Throttled/QuotaExceeded."""
         headers = admission.headers
@@ -330,6 +342,11 @@ class Gate:
                 self.usage.record(admission.metered_as or "", admission.scope, outcome="throttled", units=0)
                 raise Throttled("Too Many Requests", retry_after=decision.retry_after, headers=dict(headers))
         if quota is not None:
+            used = quota.limit - quota.remaining
+            if used * 2 >= quota.limit and quota_key is not None and plan is not None:
+                usage = self.quota_usage  # only budgets at 50 % or more reach this
+                if usage is not None:
+                    usage.observe(quota_key, plan.name, used, quota.limit, quota.resets_at)
             headers["X-Quota-Limit"] = str(quota.limit)
             headers["X-Quota-Remaining"] = str(quota.remaining)
             headers["X-Quota-Reset"] = str(int(quota.resets_at))

@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from mlgate.access.tokens import authenticate_token
 from mlgate.errors import Forbidden, Unauthorized
+from mlgate.http.capturing import capture_answer
 from mlgate.http.endpoints import version_ref
 from mlgate.http.exchange import EXCHANGE, Exchange
 from mlgate.http.gateway import bearer_of
@@ -26,6 +27,7 @@ __all__ = [
     "json_body",
     "require_admin",
     "require_caller",
+    "route_template",
     "server_of",
     "starlette_endpoint",
     "version_ref",
@@ -44,6 +46,12 @@ def server_of(request: Request) -> Server:
 
 async def json_body(request: Request) -> Any:
     return parse_json(await request.body())
+
+
+def route_template(request: Request) -> str | None:
+    """The matched route's template (``/v1/models/{name}/batch``), for data capture."""
+    path = getattr(request.scope.get("route"), "path", None)
+    return path if isinstance(path, str) else None
 
 
 async def caller_of(request: Request) -> Caller | None:
@@ -102,6 +110,10 @@ def starlette_endpoint(endpoint: WireEndpoint) -> Callable[[Request], Awaitable[
         x.body = await request.body()
         x.params = dict(request.path_params)
         answer = await endpoint(x)
+        if x.model is not None and answer.status < 300:  # data capture, as Edge.serve does it
+            rate = x.server.capture.rate(x.model)
+            if rate > 0.0:
+                capture_answer(x, answer, rate, getattr(request.scope.get("route"), "path", None))
         response = Response(
             answer.body, status_code=answer.status, media_type=answer.content_type.decode("latin-1")
         )

@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 
 from mlgate.errors import MlgateError, Overloaded, PayloadTooLarge
+from mlgate.http.capturing import capture_answer
 from mlgate.http.errors import wire_error
 from mlgate.http.exchange import CLIENT_CLOSED, UNMATCHED, Exchange, Lifecycle
 from mlgate.http.serving import ServingRoute, ServingRoutes, compile_path
@@ -199,6 +200,11 @@ class Edge(Lifecycle):
                 except Exception as exc:  # usage could not be made durable: that answer is not given
                     response = wire_error(exc, method=x.method, path=x.path)
                     x.answer_headers(response.headers)
+            if x.model is not None and response.status < 300:  # data capture: one lookup when off
+                capture = x.server.capture
+                rate = capture.rates.get(x.model, capture.default)
+                if rate > 0.0:
+                    capture_answer(x, response, rate)
         except asyncio.CancelledError:
             x.close(CLIENT_CLOSED, "client_closed")
             raise

@@ -9,7 +9,15 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from mlgate.errors import InvalidInput, MlgateError, public_text
-from mlgate.http.deps import exchange_of, json_body, server_of, starlette_endpoint, version_ref
+from mlgate.http.capturing import capture_bodies
+from mlgate.http.deps import (
+    exchange_of,
+    json_body,
+    route_template,
+    server_of,
+    starlette_endpoint,
+    version_ref,
+)
 from mlgate.http.endpoints import model_predict
 from mlgate.http.gateway import admit, authenticate, known_model
 from mlgate.http.jsonio import JSONResponse
@@ -116,7 +124,13 @@ async def _batch(request: Request, name: str, ref: str | int | None) -> JSONResp
                 x.unserved += 1 if loaded.processor is not None else loaded.runtime.units(item)
         else:
             out.append({"output": r.output})
-    return JSONResponse({"model_name": info.model, "model_version": info.version, "results": out})
+    response = JSONResponse({"model_name": info.model, "model_version": info.version, "results": out})
+    rate = x.server.capture.rate(info.model)
+    if rate > 0.0:  # data capture (one dict lookup when off)
+        raw = await request.body()
+        route = route_template(request)
+        capture_bodies(x, rate, raw, x.content_type, bytes(response.body), "application/json", route=route)
+    return response
 
 
 @router.post(

@@ -15,7 +15,8 @@ from fastapi import APIRouter, Request
 
 from mlgate import __version__
 from mlgate.errors import InvalidInput
-from mlgate.http.deps import exchange_of, json_body, server_of, version_ref
+from mlgate.http.capturing import capture_bodies
+from mlgate.http.deps import exchange_of, json_body, route_template, server_of, version_ref
 from mlgate.http.gateway import admit, authenticate, known_model
 from mlgate.http.jsonio import JSONResponse
 
@@ -170,7 +171,13 @@ async def _infer(request: Request, name: str, ref: str | int | None) -> JSONResp
     }
     if isinstance(body.get("id"), str):
         response["id"] = body["id"]
-    return JSONResponse(response)
+    answer = JSONResponse(response)
+    rate = x.server.capture.rate(info.model)
+    if rate > 0.0:  # data capture (one dict lookup when off)
+        raw = await request.body()
+        route = route_template(request)
+        capture_bodies(x, rate, raw, x.content_type, bytes(answer.body), "application/json", route=route)
+    return answer
 
 
 @router.get("/models/{name}", summary="Model metadata")

@@ -6,7 +6,8 @@ per loaded version (:class:`ModelMetrics`) so the hot path does no label lookups
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -18,10 +19,11 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from mlgate.telemetry.hot import CounterChild, HistogramChild, HotCounter, HotHistogram
 
-__all__ = ["CONTENT_TYPE", "Metrics", "ModelMetrics"]
+__all__ = ["CONTENT_TYPE", "Metrics", "ModelMetrics", "QuotaUsage"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -62,6 +64,56 @@ class ModelMetrics:
 
     def error(self, code: str) -> None:
         self._errors.labels(self.model, self.version, code).inc()
+
+
+class QuotaUsage:
+    """``mlgate_quota_used_ratio{owner,plan}``: the share of its quota a budget has used, for
+    budgets at 50 % or more — at most 1,000 series, each gone once its quota window ends.
+
+    The gate calls :meth:`observe` with every quota count: below 50 % that is two integer
+    operations (no lock, no allocation); owner labels are derived from the limiter's quota
+    key (``quota:<user:name | key:lineage>:<scope>:<period>``) only when scraped.
+    """
+
+    MAX_SERIES = 1000
+
+    def __init__(self, *, registry: CollectorRegistry) -> None:
+        self._ratios: dict[str, tuple[float, str, float]] = {}
+        registry.register(self)
+
+    def observe(self, quota_key: str, plan: str, used: int, limit: int, resets_at: float) -> None:
+        if used * 2 < limit or limit <= 0:
+            return
+        ratios = self._ratios
+        if len(ratios) >= self.MAX_SERIES and quota_key not in ratios:
+            return
+        ratios[quota_key] = (used / limit, plan, resets_at)
+
+    def describe(self) -> list[Metric]:
+        return [self._family()]
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "mlgate_quota_used_ratio",
+            "share of its quota a budget has used this period (budgets at 50 % or more)",
+            labels=("owner", "plan"),
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        now = time.time()
+        best: dict[tuple[str, str], float] = {}
+        for key, (ratio, plan, resets_at) in list(self._ratios.items()):
+            if resets_at <= now:
+                self._ratios.pop(key, None)
+                continue
+            parts = key.split(":")
+            owner = ":".join(parts[1:3]) if len(parts) > 3 else key
+            if ratio > best.get((owner, plan), -1.0):
+                best[(owner, plan)] = ratio
+        family = self._family()
+        for (owner, plan), ratio in best.items():
+            family.add_metric([owner, plan], ratio)
+        yield family
 
 
 class Metrics:
@@ -151,6 +203,43 @@ class Metrics:
         )
         self.workflow_running = Gauge(
             "mlgate_workflow_executions_running", "workflow executions running in this process", registry=r
+        )
+        # Drift (monitoring/monitor.py): the latest evaluation's figures, read from drift_latest
+        # by every process so any worker's /metrics shows them.
+        drift_labels = ("model", "version", "feature")
+        self.drift_psi = Gauge(
+            "mlgate_drift_psi", "population stability index vs the baseline", drift_labels, registry=r
+        )
+        self.drift_ks = Gauge(
+            "mlgate_drift_ks", "two-sample KS statistic vs the baseline", drift_labels, registry=r
+        )
+        # Alert rules (monitoring/alerts.py): process memory against its limit (set by the alert
+        # engine: /proc, cgroup), quota use per budget, notifications sent and failed.
+        self.process_resident_memory = Gauge(
+            "mlgate_process_resident_memory_bytes", "resident memory of this process", registry=r
+        )
+        self.process_memory_limit = Gauge(
+            "mlgate_process_memory_limit_bytes",
+            "memory this process may use (setting, else cgroup limit, else RAM)",
+            registry=r,
+        )
+        self.quota_used = QuotaUsage(registry=r)
+        self.alert_notifications = Counter(
+            "mlgate_alert_notifications",
+            "alert notifications by target (log, webhook, alertmanager) and outcome (sent, failed, dropped)",
+            ("target", "outcome"),
+            registry=r,
+        )
+        self.alert_evaluation_failures = Counter(
+            "mlgate_alert_evaluation_failures", "alert rule evaluations that failed", ("rule",), registry=r
+        )
+        # Data capture (monitoring/capture.py): records written, and samples not captured, by why
+        # (queue_full, queue_bytes, too_large, write_failed).
+        self.capture_records = Counter(
+            "mlgate_capture_records", "captured records written to the store", ("model",), registry=r
+        )
+        self.capture_dropped = Counter(
+            "mlgate_capture_dropped", "captured records dropped, by reason", ("model", "reason"), registry=r
         )
 
     def track_queue(self, model: str, version: int, depth: Callable[[], int]) -> None:

@@ -41,6 +41,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -83,6 +84,7 @@ __all__ = [
     "ChildStarter",
     "DataBuckets",
     "Function",
+    "WorkflowObserver",
 ]
 
 log = logging.getLogger("mlgate.workflows")
@@ -114,6 +116,35 @@ class ChildOutcome:
 
 #: Starts a child workflow and waits for it: ``(workflow, input, call) -> outcome``.
 ChildStarter = Callable[[str, Any, TaskCall], Awaitable[ChildOutcome]]
+
+
+class WorkflowObserver(Protocol):
+    """What data capture (:mod:`mlgate.monitoring.capture`) is told about workflows: a model a
+    task invoked (sampled like an HTTP call) and an execution a Fail state ended (kept for review).
+    Both are synchronous and must not block."""
+
+    def model_invoked(self, workflow: str, model: str, version: int, payload: Any, output: Any) -> None: ...
+
+    def execution_failed(
+        self,
+        workflow: str,
+        execution_id: str,
+        *,
+        execution_input: Any,
+        state: Any,
+        error: str | None,
+        cause: str | None,
+    ) -> None: ...
+
+
+#: The workflow whose task is running (this task's), for :meth:`WorkflowObserver.model_invoked`.
+_WORKFLOW: ContextVar[str] = ContextVar("mlgate_workflow", default="")
+
+
+def _workflow_of(call: TaskCall) -> str:
+    machine = call.context.get("StateMachine")
+    name = machine.get("Name") if isinstance(machine, Mapping) else None
+    return name if isinstance(name, str) else ""
 
 
 class _Reader(Protocol):
@@ -216,8 +247,11 @@ class Actions:
         buckets: DataBuckets | None,
         functions: Mapping[str, Function] | None = None,
         max_object_bytes: int = MAX_OBJECT_BYTES,
+        observer: WorkflowObserver | None = None,
     ) -> None:
         self.dataplane = dataplane
+        #: told of each model invocation (data capture); None: nobody
+        self.observer = observer
         self.buckets = buckets
         self.functions = dict(functions or {})
         self.max_object_bytes = max_object_bytes
@@ -236,6 +270,7 @@ class Actions:
         self, call: TaskCall, mapping: ResourceMapping, *, start_child: ChildStarter | None = None
     ) -> Any:
         """Run one task: a native resource, or an AWS one through ``mapping``."""
+        _WORKFLOW.set(_workflow_of(call))  # named in data capture's records of model calls
         resource = call.resource
         if resource.startswith("mlgate:"):
             if resource == "mlgate:store:get":
@@ -399,6 +434,14 @@ class Actions:
             prediction = await self.dataplane.predict(model, payload, version=_version(version))
         except MlgateError as exc:
             raise _model_failure(exc, as_lambda=as_lambda) from None
+        if self.observer is not None:
+            workflow = _WORKFLOW.get()
+            try:
+                self.observer.model_invoked(
+                    workflow, prediction.model, prediction.version, payload, prediction.output
+                )
+            except Exception:  # capture never fails a task
+                log.exception("workflow %s: data capture failed for model %s", workflow, model)
         return prediction.output
 
     async def call_function(self, name: str, payload: Any) -> Any:

@@ -51,7 +51,7 @@ from mlgate.settings import S3Settings, WorkflowSettings
 from mlgate.store import ArtifactStore
 from mlgate.telemetry.metrics import Metrics
 from mlgate.types import BundledWorkflow, Service
-from mlgate.workflows.actions import Actions, ChildOutcome, ChildStarter, DataBuckets
+from mlgate.workflows.actions import Actions, ChildOutcome, ChildStarter, DataBuckets, WorkflowObserver
 from mlgate.workflows.engine import (
     Clock,
     ExecutionResult,
@@ -170,6 +170,9 @@ class _Run:
     interpreter: Interpreter | None = None
     #: why it is being cancelled: (status, error, cause)
     abort: tuple[Status, str | None, str | None] | None = None
+    #: the input of the state it entered last, and whether that was a Fail state (its verdict)
+    state_input: Any = None
+    in_fail_state: bool = False
     #: a limit it broke (an event too large or that cannot be stored): (error, cause); it FAILS
     fault: tuple[str, str] | None = None
     started: float = field(default_factory=time.perf_counter)
@@ -355,6 +358,8 @@ class WorkflowService:
         self._compiled: OrderedDict[str, tuple[float, _Compiled]] = OrderedDict()
         self._heartbeat: asyncio.Task[None] | None = None
         self._accepting = True
+        #: told of executions a Fail state ended (data capture's review records); None: nobody
+        self.observer: WorkflowObserver | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -637,6 +642,9 @@ class WorkflowService:
             text = _json_bytes(details).decode()
             prepared = PreparedEvent(event.id, "ExecutionFailed", event.timestamp, None, details, text)
         run.pending.append(prepared)
+        if event.type.endswith("StateEntered"):
+            run.state_input = event.details.get("input")
+            run.in_fail_state = event.type == "FailStateEntered"
         run.last_id = event.id
         run.last_type = prepared.type
         if len(run.pending) >= self.flush_events:
@@ -766,6 +774,20 @@ class WorkflowService:
             )
         else:  # stopped or swept by someone else first: theirs is the truth
             ended = await asyncio.to_thread(self.store.describe, run.record.id)
+        if ended.status == "FAILED" and run.in_fail_state and self.observer is not None:
+            # The workflow's own verdict (a Fail state, e.g. the confidence gate): kept for review
+            # with what it read. Broken executions (task errors, limits) are not.
+            try:
+                self.observer.execution_failed(
+                    ended.workflow,
+                    ended.id,
+                    execution_input=run.record.input,
+                    state=run.state_input,
+                    error=ended.error,
+                    cause=ended.cause,
+                )
+            except Exception:
+                log.exception("workflow execution %s: data capture failed", ended.id)
         if self.metrics is not None:
             self.metrics.workflow_executions.labels(
                 ended.workflow, ended.status, (ended.error or "")[:64]
@@ -873,8 +895,14 @@ def create_workflow_service(
     metrics: Metrics | None,
     services: Sequence[Service] = (),
     settings: WorkflowSettings | None = None,
+    observer: WorkflowObserver | None = None,
 ) -> WorkflowService:
-    """The service a server runs: actions over its dataplane and store, services' functions."""
+    """The service a server runs: actions over its dataplane and store, services' functions;
+    ``observer`` (data capture) is told of model invocations and of executions failed for review."""
     functions = {name: fn for s in services for name, fn in s.functions.items()}
-    actions = Actions(dataplane=dataplane, buckets=DataBuckets(store, s3=s3), functions=functions)
-    return WorkflowService(WorkflowStore(engine), actions=actions, metrics=metrics, settings=settings)
+    actions = Actions(
+        dataplane=dataplane, buckets=DataBuckets(store, s3=s3), functions=functions, observer=observer
+    )
+    service = WorkflowService(WorkflowStore(engine), actions=actions, metrics=metrics, settings=settings)
+    service.observer = observer
+    return service
