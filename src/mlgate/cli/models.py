@@ -63,11 +63,16 @@ def models_push(
     sha256: Annotated[
         str | None, typer.Option(help="the sha256 an s3:// object must have (files are hashed here)")
     ] = None,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="reference rows (.csv/.jsonl): the drift baseline"),
+    ] = None,
     url: Url = "http://127.0.0.1:8000",
     api_key: ApiKeyOpt = None,
 ) -> None:
     """Upload a new version of NAME from PATH (streamed, with progress; the server checks each
     file's sha256), or register it from an s3:// URI the server fetches itself."""
+
     data: dict[str, Any] = json.loads(manifest.read_text()) if manifest else {}
     if runtime:
         data["runtime"] = runtime
@@ -77,7 +82,8 @@ def models_push(
         data["trusted"] = True
     fields = {"manifest": json.dumps(data), "aliases": ",".join(alias or [])}
     if path.startswith("s3://"):
-        _push_uri(name, path, sha256, fields, url, api_key)
+        pushed = _push_uri(name, path, sha256, fields, url, api_key)
+        _push_baseline(name, pushed, baseline, url, api_key)
         return
     local = Path(path)
     if not local.exists():
@@ -115,6 +121,20 @@ def models_push(
         for h in handles:
             h.close()
     _print_pushed(body, "checked by the server against this client's")
+    _push_baseline(name, body, baseline, url, api_key)
+
+
+def _push_baseline(
+    name: str, pushed: dict[str, Any], data: Path | None, url: str, api_key: str | None
+) -> None:
+    """``--baseline``: the reference rows uploaded as the new version's drift baseline."""
+    if data is None:
+        return
+    from mlgate.cli.monitor import upload_baseline
+
+    with _client(url, api_key) as client:
+        body = upload_baseline(client, name, int(pushed["version"]), data)
+    console.print(f"[green]baseline stored[/green] for {name} v{pushed['version']}: {body['n_rows']} rows")
 
 
 def _sha256(path: Path, progress: Any, task: Any) -> str:
@@ -131,12 +151,13 @@ def _sha256(path: Path, progress: Any, task: Any) -> str:
 
 def _push_uri(
     name: str, uri: str, sha256: str | None, fields: dict[str, str], url: str, api_key: str | None
-) -> None:
+) -> dict[str, Any]:
     """Register a version from an object the server fetches itself (never through this client)."""
     parts = [(k, (None, v)) for k, v in {**fields, "uri": uri, "sha256": sha256 or ""}.items() if v]
     with err.real().status(f"the server is fetching {uri}"), _client(url, api_key, timeout=3600) as client:
         body = _check(client.post(f"/v1/models/{name}/versions", files=parts))
     _print_pushed(body, "checked by the server against --sha256" if sha256 else "computed by the server")
+    return dict(body)
 
 
 def _print_pushed(body: dict[str, Any], how: str) -> None:

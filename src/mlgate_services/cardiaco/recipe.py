@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from mlgate_services.cardiaco import generator
-from mlgate_services.cardiaco.processing import MAX_PATIENTS, SIGNS, STATES, WINDOW, pivot, preprocess, window
+from mlgate_services.cardiaco.processing import MAX_PATIENTS, SIGNS, STATES, WINDOW, preprocess
 
 __all__ = [
     "ARTIFACT_DIR",
@@ -45,6 +45,7 @@ __all__ = [
     "export_onnx",
     "main",
     "train",
+    "write_baseline",
 ]
 
 ARTIFACT_DIR = Path(__file__).parent / "artifact"
@@ -186,25 +187,76 @@ def _stats(values: Array) -> dict[str, Any]:
     }
 
 
-def _baseline(patients: list[Any], labels: Array, test_probabilities: Array) -> dict[str, Any]:
-    # Raw vitals (after pivot, forward fill and the 20-step window, before standardisation):
-    # the standardised model input is ~N(0, 1) by construction and would show no drift.
-    windows: list[Array] = []
+#: How captured requests become feature rows: the long-format vitals pivoted to one row per
+#: (patient, timestamp) with the nine signs' raw readings (mlgate.monitoring.features).
+INPUT_SPEC: dict[str, Any] = {
+    "type": "long",
+    "id": "idAtencion",
+    "time": "fecRegistro",
+    "name": "nomSigno",
+    "value": "valor",
+}
+OUTPUT_SPEC: dict[str, Any] = {"kind": "classifier", "label": "State", "scores": "inferences"}
+
+
+def _baseline(
+    patients: list[Any], labels: Array, probabilities: Array, test_probabilities: Array
+) -> dict[str, Any]:
+    """The drift baseline (``mlgate-baseline/1``) of the training patients: their raw readings per
+    (patient, timestamp) as captured requests are read (the standardised model input is ~N(0, 1)
+    by construction and would show no drift), and the model's answers on them (state mix, top
+    probability, each state's probability)."""
+    from mlgate.monitoring.baseline import build_baseline
+    from mlgate.monitoring.features import input_rows, output_rows, rows_to_columns
+
+    rows: list[dict[str, Any]] = []
     for i in range(0, len(patients), MAX_PATIENTS):
-        tables = pivot(generator.to_columns(patients[i : i + MAX_PATIENTS]), max_patients=MAX_PATIENTS)
-        windows.extend(window(table) for _, table in tables.values())
-    raw = np.stack(windows)
+        rows.extend(input_rows(generator.to_columns(patients[i : i + MAX_PATIENTS]), INPUT_SPEC, SIGNS))
+    columns, _, _ = rows_to_columns([{sign: row.get(sign) for sign in SIGNS} for row in rows])
+    answers = [
+        {
+            "State": STATES[int(np.argmax(p))],
+            "inferences": {s: round(float(v), 2) for s, v in zip(STATES, p, strict=True)},
+        }
+        for p in probabilities
+    ]
+    out_columns, _, outputs = rows_to_columns([r for a in answers for r in output_rows(a, OUTPUT_SPEC)])
+    columns.update(out_columns)
+    doc = build_baseline(
+        columns,
+        feature_names=list(SIGNS),
+        output_names=outputs,
+        input_spec=INPUT_SPEC,
+        output_spec=OUTPUT_SPEC,
+        meta={
+            "source": "raw readings of the synthetic training patients and the model's answers (recipe.py)"
+        },
+    )
     return {
-        "space": "raw vitals after pivot, forward fill and the last-20 window, before standardisation",
-        "window": WINDOW,
-        "n_sequences": int(raw.shape[0]),
-        "feature_names": list(SIGNS),
-        "features": {name: _stats(raw[:, :, j].ravel()) for j, name in enumerate(SIGNS)},
+        **doc,
+        "space": "raw vitals per (patient, timestamp) as captured requests arrive, before the window",
+        "n_sequences": len(patients),
         "class_prior": {s: round(float((labels == i).mean()), 6) for i, s in enumerate(STATES)},
         "test_mean_probabilities": {
             s: round(float(test_probabilities[:, i].mean()), 6) for i, s in enumerate(STATES)
         },
     }
+
+
+def write_baseline(out_dir: Path = ARTIFACT_DIR) -> dict[str, Any]:
+    """Rebuild ``baseline.json`` from the committed ``model.onnx`` (no torch needed)."""
+    x_train, y_train, train_patients = dataset(
+        SIZES["train"], seed=SEEDS["train"], first_id=FIRST_IDS["train"]
+    )
+    x_test, _, _ = dataset(SIZES["test"], seed=SEEDS["test"], first_id=FIRST_IDS["test"])
+    blob = (out_dir / "model.onnx").read_bytes()
+    baseline = _baseline(
+        train_patients, y_train, _onnx_probabilities(blob, x_train), _onnx_probabilities(blob, x_test)
+    )
+    (out_dir / "baseline.json").write_text(
+        json.dumps(baseline, separators=(",", ":")) + "\n", encoding="utf-8"
+    )
+    return baseline
 
 
 def train(out_dir: Path) -> dict[str, Any]:
@@ -285,11 +337,13 @@ def train(out_dir: Path) -> dict[str, Any]:
         "torch_version": torch.__version__,
         "data": "synthetic (mlgate_services.cardiaco.generator); not clinical data",
     }
-    baseline = _baseline(train_patients, y_train, onnx_test)
+    baseline = _baseline(train_patients, y_train, _onnx_probabilities(blob, x_train), onnx_test)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "model.onnx").write_bytes(blob)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    (out_dir / "baseline.json").write_text(json.dumps(baseline, indent=1) + "\n", encoding="utf-8")
+    (out_dir / "baseline.json").write_text(
+        json.dumps(baseline, separators=(",", ":")) + "\n", encoding="utf-8"
+    )
     metrics["train_seconds"] = round(time.perf_counter() - started, 1)  # printed, not written: varies
     return metrics
 
@@ -298,7 +352,14 @@ def main(argv: list[str] | None = None) -> None:
     """CLI entry point: ``python -m mlgate_services.cardiaco.recipe [--out DIR]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, default=ARTIFACT_DIR, help="output folder (default: %(default)s)")
+    parser.add_argument(
+        "--baseline-only", action="store_true", help="only rebuild baseline.json from the folder's model.onnx"
+    )
     args = parser.parse_args(argv)
+    if args.baseline_only:
+        doc = write_baseline(args.out)
+        print(f"wrote baseline.json: {doc['n_rows']} rows, outputs {doc['output_names']}")
+        return
     metrics = train(args.out)
     keys = ("accuracy", "macro_f1", "best_epoch", "artifact_bytes", "train_seconds")
     print(json.dumps({k: metrics[k] for k in keys}, indent=2))

