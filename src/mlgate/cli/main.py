@@ -14,6 +14,7 @@ from mlgate.cli.alerts import alerts_app
 from mlgate.cli.common import ApiKeyOpt, Url, _check, _client, console, err
 from mlgate.cli.models import models_app
 from mlgate.cli.monitor import monitor_app
+from mlgate.cli.train import train_command
 from mlgate.cli.workflows import workflows_app
 from mlgate.settings import export_environ, load_settings
 
@@ -27,6 +28,7 @@ app.add_typer(users_app, name="users")
 app.add_typer(workflows_app, name="workflows")
 app.add_typer(monitor_app, name="monitor")
 app.add_typer(alerts_app, name="alerts")
+app.command("train")(train_command)
 
 
 @app.command()
