@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 import random
 import re
@@ -61,6 +62,7 @@ _JSON_START = re.compile(rb"[ \t\r\n]*[\[{]")
 # -- redaction ---------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)  # a handful of field names recur in every record
 def _secret(name: str) -> bool:
     key = name.lower().replace("-", "").replace("_", "")
     return key in _SECRET_COMPACT or key.endswith(_SECRET_SUFFIXES)
@@ -137,29 +139,32 @@ def iso_ms(when: float) -> str:
     return f"{cached[1]}{ms:03d}Z"
 
 
-#: What a body's bytes (ASCII, lower-cased, without ``-`` and ``_``) must contain for one of its
-#: field names to be a secret name (:func:`_secret`): a body without any is never walked.
-_SECRET_MARKERS = (b"passw", b"token", b"secret", b"apikey", b"authorization")
+#: A JSON object key: a string followed by ``:`` (a string value is followed by ``,``, ``]`` or
+#: ``}``, never ``:``). Bodies with a backslash are not scanned (an escape could hide a quote).
+_JSON_KEY = re.compile(rb'"([^"\\]*)"\s*:')
+
+
+@functools.lru_cache(maxsize=256)
+def _rule_names(rules: tuple[str, ...]) -> frozenset[str]:
+    """Every name a rule can match at some depth: plain names and each segment of dotted paths."""
+    return frozenset(part for rule in rules for part in rule.strip().lower().split(".") if part)
 
 
 def _may_redact(body: bytes, rules: tuple[str, ...]) -> bool:
-    """Whether ``body`` could hold a field :func:`redact` would replace. False only when the
-    answer is certain from the bytes: ASCII without escapes (a ``\\u`` escape or a non-ASCII
-    letter could spell a name the bytes do not show), and no secret marker nor rule name in
-    them. Walking a parsed body costs ~20 µs for W1's 60 numbers; this check, well under 1."""
-    if not body.isascii() or b"\\u" in body:
+    """Whether ``body`` has a key :func:`redact` could replace — decided from its keys alone, by
+    the same test (:func:`_secret`, the rules' names), without parsing: True for a body with a
+    backslash or a key that is not UTF-8. Walking a parsed body costs ~20 µs for W1's 60
+    numbers; this, ~1 µs."""
+    if b"\\" in body:
         return True
-    compact = body.lower().translate(None, b"-_")
-    passw, token, secret, apikey, authorization = _SECRET_MARKERS
-    if passw in compact or token in compact or secret in compact or apikey in compact:
-        return True  # (five `in` tests: each a C search, together faster than one regex)
-    if authorization in compact:
-        return True
-    for rule in rules:
-        for part in rule.lower().split("."):
-            name = part.replace("-", "").replace("_", "").strip()
-            if name and (not name.isascii() or name.encode() in compact):
-                return True
+    names = _rule_names(rules) if rules else frozenset()
+    for raw in _JSON_KEY.findall(body):
+        try:
+            key = raw.decode("utf-8").lower()
+        except UnicodeDecodeError:
+            return True
+        if _secret(key) or key in names:
+            return True
     return False
 
 
