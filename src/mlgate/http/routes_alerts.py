@@ -5,7 +5,8 @@ the rules as a Prometheus rule file. Any process answers: states are read from t
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+import math
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -14,26 +15,24 @@ from starlette.responses import Response
 from mlgate.errors import InvalidInput
 from mlgate.http.deps import require_admin, server_of
 from mlgate.http.jsonio import JSONResponse
+from mlgate.monitoring.capture_read import parse_when
 from mlgate.types import Caller
 
 router = APIRouter(prefix="/v1", tags=["monitoring"])
 
 
 def _since(value: str | None) -> float | None:
-    """Epoch seconds or an ISO 8601 time (``2026-01-01T00:00:00Z``)."""
+    """Epoch seconds, an ISO 8601 time (``2026-01-01T00:00:00Z``, naive = UTC) or a duration
+    ago (``30m``, ``24h``, ``7d``), as the other monitoring routes take."""
     if value is None or value == "":
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidInput("since: epoch seconds or an ISO 8601 time") from None
-    if parsed.tzinfo is None:
-        raise InvalidInput("since: give a time zone (e.g. Z)")
-    return parsed.timestamp()
+        return parse_when(value, default=datetime.now(UTC)).timestamp()
+    if not math.isfinite(seconds):
+        raise InvalidInput("since: epoch seconds, an ISO 8601 time or a duration ago (30m, 24h, 7d)")
+    return seconds
 
 
 @router.get("/alerts", summary="Alerts firing and pending now, and recent state changes")
@@ -74,3 +73,15 @@ async def export_rules(request: Request, _: Caller = Depends(require_admin)) -> 
         media_type="application/yaml",
         headers={"Content-Disposition": 'attachment; filename="mlgate-rules.yml"'},
     )
+
+
+@router.get(
+    "/alerts/metrics",
+    summary="The series that name callers (quota use per owner), in Prometheus' text format",
+)
+async def private_metrics(request: Request, _: Caller = Depends(require_admin)) -> Response:
+    """``mlgate_quota_used_ratio{owner,plan}`` names users and key lineages, so it is not on the
+    public ``/metrics``: the alert evaluator reads it from the shared snapshots, an admin here."""
+    from mlgate.telemetry.metrics import CONTENT_TYPE
+
+    return Response(server_of(request).metrics.render_private(), media_type=CONTENT_TYPE)

@@ -130,7 +130,11 @@ class AlertEngine:
             else:
                 names |= used
         self.share = MetricShare(
-            engine, metrics.registry, process=self.holder, interval_s=self.config.snapshot_s, names=names
+            engine,
+            [metrics.registry, metrics.private],  # private: the quota series name their owners
+            process=self.holder,
+            interval_s=self.config.snapshot_s,
+            names=names,
         )
         # the longest range a rule reads, or the lookback of an instant selector (+ a margin)
         self.history = SampleHistory(keep_s=max(_longest_range(self.rules), promql.LOOKBACK_S) + 60.0)

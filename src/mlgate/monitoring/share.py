@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,10 +57,14 @@ class Snapshot:
     samples: list[Sample]
 
 
-def collect_samples(registry: CollectorRegistry, names: set[str] | None) -> list[Sample]:
-    """The registry's samples whose name is in ``names`` (all when None)."""
+def collect_samples(
+    registry: CollectorRegistry | Sequence[CollectorRegistry], names: set[str] | None
+) -> list[Sample]:
+    """The registries' samples whose name is in ``names`` (all when None)."""
     out: list[Sample] = []
-    for family in registry.collect():
+    registries = [registry] if isinstance(registry, CollectorRegistry) else registry
+    families = [family for r in registries for family in r.collect()]
+    for family in families:
         cumulative = family.type in _CUMULATIVE_TYPES
         if family.type not in _CUMULATIVE_TYPES and family.type not in ("gauge", "unknown"):
             continue
@@ -140,7 +144,7 @@ class MetricShare:
     def __init__(
         self,
         engine: Engine,
-        registry: CollectorRegistry,
+        registry: CollectorRegistry | Sequence[CollectorRegistry],
         *,
         process: str,
         interval_s: float,

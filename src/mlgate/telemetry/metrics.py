@@ -223,7 +223,11 @@ class Metrics:
             "memory this process may use (setting, else cgroup limit, else RAM)",
             registry=r,
         )
-        self.quota_used = QuotaUsage(registry=r)
+        # Series that name who is calling (user names, key lineages) are not on the public
+        # /metrics: their own registry, shared with the alert evaluator (monitoring/share.py)
+        # and served to admins by GET /v1/alerts/metrics.
+        self.private = CollectorRegistry(auto_describe=True)
+        self.quota_used = QuotaUsage(registry=self.private)
         self.alert_notifications = Counter(
             "mlgate_alert_notifications",
             "alert notifications by target (log, webhook, alertmanager) and outcome (sent, failed, dropped)",
@@ -260,3 +264,7 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def render_private(self) -> bytes:
+        """The series that name callers (admins only: ``GET /v1/alerts/metrics``)."""
+        return generate_latest(self.private)
