@@ -15,6 +15,14 @@ alerts_app = typer.Typer(
 )
 
 
+def _folded(*columns: str) -> Any:
+    """A table whose cells wrap instead of being cut with "…" (times and labels must be whole)."""
+    table = _table(*columns)
+    for column in table.columns:
+        column.overflow = "fold"
+    return table
+
+
 def _labels(labels: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(labels.items()) if k != "alertname")
 
@@ -22,7 +30,9 @@ def _labels(labels: dict[str, Any]) -> str:
 @alerts_app.command("ls")
 def alerts_ls(
     show_all: Annotated[bool, typer.Option("--all", help="also the recent history of state changes")] = False,
-    since: Annotated[str | None, typer.Option(help="history since (epoch seconds or ISO 8601)")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="history since (ISO 8601, epoch seconds or a time ago: 30m, 24h, 7d)")
+    ] = None,
     limit: Annotated[int, typer.Option(help="history entries at most")] = 50,
     url: Url = "http://127.0.0.1:8000",
     api_key: ApiKeyOpt = None,
@@ -35,7 +45,7 @@ def alerts_ls(
         body = _check(client.get("/v1/alerts", params=params))
     alerts = body["alerts"]
     if alerts:
-        table = _table("alert", "state", "labels", "value", "since", "summary")
+        table = _folded("alert", "state", "labels", "value", "since", "summary")
         for a in alerts:
             table.add_row(
                 a["alertname"],
@@ -49,7 +59,7 @@ def alerts_ls(
     else:
         console.print("no alert is firing or pending")
     if show_all:
-        history = _table("at", "alert", "state", "labels", "value")
+        history = _folded("at", "alert", "state", "labels", "value")
         for e in body["history"]:
             history.add_row(e["at"], e["alertname"], e["state"], _labels(e["labels"]), str(e["value"]))
         console.print(history)

@@ -24,6 +24,11 @@ from mlgate.cli.common import ApiKeyOpt, Url, _check, _client, _table, console, 
 __all__ = ["register_capture"]
 
 _ACTIONS = ("ls", "cat")
+_NOTHING = (
+    "[yellow]no captured {what} of {model} in the window[/yellow] (default: the last 24 h; "
+    "records are written every few seconds, MLGATE_CAPTURE__FLUSH_S, 5 by default). "
+    "Is capture on? `mlgate monitor capture {model}` shows its sample rate."
+)
 
 
 def _lines(records: list[dict[str, Any]]) -> None:
@@ -73,7 +78,11 @@ def capture(
         if action == "ls":
             params = _params(version=version, since=since, until=until)
             body = _check(client.get(f"/v1/models/{model}/capture/files", params=params))
+            if not body["files"]:
+                err.print(_NOTHING.format(what="file", model=model))
+                return
             table = _table("key", "version", "hour", "bytes")
+            table.columns[0].overflow = "fold"  # the whole key, wrapped (never cut with …)
             for f in body["files"]:
                 table.add_row(f["key"], str(f["version"]), f["hour"], str(f["size"]))
             console.print(table)
@@ -83,6 +92,8 @@ def capture(
         if action == "cat":
             params = _params(version=version, since=since, until=until, limit=limit)
             body = _check(client.get(f"/v1/models/{model}/capture/records", params=params))
+            if not body["records"]:
+                err.print(_NOTHING.format(what="record", model=model))
             _lines(body["records"])
             if body.get("truncated"):
                 err.print(
@@ -119,6 +130,11 @@ def review(
     with _client(url, api_key) as client:
         params = _params(workflow=workflow, since=since, until=until, limit=limit)
         body = _check(client.get("/v1/monitor/review", params=params))
+    if not body["records"]:
+        err.print(
+            f"[yellow]no execution of {workflow} kept for review in the window[/yellow] "
+            "(default: the last 24 h)"
+        )
     _lines(body["records"])
     if body.get("truncated"):
         err.print("[yellow]more records than printed: raise --limit or narrow --since/--until[/yellow]")

@@ -27,7 +27,7 @@ from fastapi import APIRouter, Depends, Request
 from mlgate.errors import InvalidInput, NotFound
 from mlgate.http.deps import exchange_of, require_admin, server_of
 from mlgate.http.jsonio import JSONResponse
-from mlgate.monitoring.baseline import sagemaker_constraints, sagemaker_statistics
+from mlgate.monitoring.baseline import MAX_FEATURES, sagemaker_constraints, sagemaker_statistics
 from mlgate.monitoring.monitor import MAX_BASELINE_ROWS, parse_instant
 from mlgate.payloads import parse_json
 from mlgate.types import Caller
@@ -64,10 +64,21 @@ _BASELINE_BODY = {
 }
 
 
+_MAX_VERSION = 2**31 - 1
+_BAD_VERSION = "version must be a version number (1, 2, …) or an alias"
+
+
 def _version(value: str | None) -> int | str | None:
+    """A version number (ASCII digits) or an alias name (any other text: a 404 if unknown)."""
     if value is None or not value.strip():
         return None
-    return int(value) if value.isdigit() else value
+    if value.isascii() and value.isdigit():
+        if len(value) > 10 or not 1 <= int(value) <= _MAX_VERSION:
+            raise InvalidInput(_BAD_VERSION)
+        return int(value)
+    if len(value) > 200:
+        raise InvalidInput(_BAD_VERSION)
+    return value
 
 
 def _window(request: Request) -> tuple[datetime, datetime]:
@@ -75,15 +86,19 @@ def _window(request: Request) -> tuple[datetime, datetime]:
     now = datetime.now(UTC)
     q = request.query_params
     until = parse_instant(q.get("until"), now=now, default=now)
-    since = parse_instant(
-        q.get("since"), now=now, default=until - timedelta(seconds=server.settings.monitor.window_s)
-    )
+    try:
+        default_since = until - timedelta(seconds=server.settings.monitor.window_s)
+    except OverflowError:  # until is in year 1
+        default_since = datetime.min.replace(tzinfo=UTC)
+    since = parse_instant(q.get("since"), now=now, default=default_since)
     if since >= until:
         raise InvalidInput("'since' must be before 'until'")
     return since, until
 
 
 def _resolve(request: Request, name: str, version: int | str | None) -> int:
+    if isinstance(version, int) and not 1 <= version <= _MAX_VERSION:  # a path's {v}: any int
+        raise InvalidInput(_BAD_VERSION)
     server = server_of(request)
     info = server.repository.resolve(name, version)
     x = exchange_of(request)
@@ -97,7 +112,8 @@ async def drift(name: str, request: Request, _: Caller = Depends(require_admin))
     server = server_of(request)
     since, until = _window(request)
     version = await asyncio.to_thread(_resolve, request, name, _version(request.query_params.get("version")))
-    report = await asyncio.to_thread(server.drift.evaluate, name, version, since, until)
+    async with server.drift.slots:
+        report = await asyncio.to_thread(server.drift.evaluate, name, version, since, until)
     return JSONResponse(report)
 
 
@@ -138,13 +154,21 @@ def _text_rows(body: bytes, content_type: str) -> list[dict[str, Any]]:
         raise InvalidInput("the baseline body is not UTF-8 text") from None
     rows: list[dict[str, Any]] = []
     if "csv" in content_type:
-        reader = csv.DictReader(io.StringIO(text))
-        if not reader.fieldnames:
-            raise InvalidInput("the CSV has no header row")
-        for i, raw in enumerate(reader):
-            if i >= MAX_BASELINE_ROWS:
-                raise InvalidInput(f"at most {MAX_BASELINE_ROWS} reference rows")
-            rows.append({k: _cell(v) for k, v in raw.items() if k is not None})
+        try:
+            reader = csv.DictReader(io.StringIO(text))
+            if not reader.fieldnames:
+                raise InvalidInput("the CSV has no header row")
+            if len(reader.fieldnames) > MAX_FEATURES:
+                raise InvalidInput(
+                    f"the CSV has {len(reader.fieldnames)} columns; "
+                    f"a baseline has at most {MAX_FEATURES} features"
+                )
+            for i, raw in enumerate(reader):
+                if i >= MAX_BASELINE_ROWS:
+                    raise InvalidInput(f"at most {MAX_BASELINE_ROWS} reference rows")
+                rows.append({k: _cell(v) for k, v in raw.items() if k is not None})
+        except csv.Error as exc:  # a cell over the csv module's field limit, a NUL byte…
+            raise InvalidInput(f"the CSV does not parse: {exc}") from None
         return rows
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -239,7 +263,8 @@ async def put_baseline(
             server.drift.save_baseline(name, version, _compute(server, name, version, body, content_type))
         )
 
-    doc = await asyncio.to_thread(run)
+    async with server.drift.slots:
+        doc = await asyncio.to_thread(run)
     return JSONResponse(_summary(name, version, doc))
 
 
@@ -259,7 +284,8 @@ async def baseline_from_capture(
         doc = server.drift.build_baseline_from_capture(name, version, since, until)
         return dict(server.drift.save_baseline(name, version, doc))
 
-    doc = await asyncio.to_thread(run)
+    async with server.drift.slots:
+        doc = await asyncio.to_thread(run)
     return JSONResponse(_summary(name, version, doc))
 
 

@@ -188,12 +188,18 @@ def from_legacy(doc: Mapping[str, Any]) -> dict[str, Any]:
     stats = doc.get("features")
     if not isinstance(names, list) or not isinstance(stats, Mapping):
         raise InvalidInput("the baseline has no 'feature_names' and 'features'")
+    _check_names(names, [])
+    if not _is_number(doc.get("n_samples", doc.get("n_sequences", 0)) or 0):
+        raise InvalidInput("the baseline's 'n_samples' is a count")
     features: dict[str, Any] = {}
     for name in names:
         s = stats.get(name)
         if not isinstance(s, Mapping) or "quantile_edges" not in s:
             raise InvalidInput(f"the baseline has no quantile_edges for feature {name!r}")
-        edges = [float(e) for e in s["quantile_edges"]]
+        edges = _check_numbers(s["quantile_edges"], name, "quantile_edges", at_least=2)
+        for key in ("mean", "std", "min", "max"):
+            if key in s and not _is_number(s[key]):
+                raise InvalidInput(f"baseline feature {name!r}: {key!r} is a number")
         cuts = psi_cuts(edges)
         # Each decile holds 10 % of the reference, in the bin its lower edge opens.
         bins = np.searchsorted(cuts, np.asarray(edges[:-1]), side="right")
@@ -222,32 +228,103 @@ def from_legacy(doc: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+#: Longest feature name (names become ``feature`` labels of the drift gauges).
+MAX_NAME = 200
+_INPUT_TYPES = ("records", "window", "vector", "long", "image")
+_OUTPUT_KINDS = ("none", "regressor", "classifier", "detector")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_names(names: Any, outputs: Any) -> list[str]:
+    if not isinstance(names, list) or not isinstance(outputs, list):
+        raise InvalidInput("a baseline needs 'feature_names' and 'output_names' (lists of names)")
+    every = [*names, *outputs]
+    if len(every) > MAX_FEATURES:
+        raise InvalidInput(f"a baseline has at most {MAX_FEATURES} features, got {len(every)}")
+    for name in every:
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME:
+            raise InvalidInput(
+                f"a feature name is a string of 1 to {MAX_NAME} characters, not {str(name)[:80]!r}"
+            )
+    if len(set(every)) != len(every):
+        raise InvalidInput("the baseline's feature names repeat")
+    return every
+
+
+def _check_spec(spec: Any, what: str, field: str, allowed: tuple[str, ...]) -> None:
+    """An ``input`` / ``output`` spec: a known type or kind; keys and paths strings; labels a list."""
+    if spec is None:
+        return
+    if not isinstance(spec, Mapping):
+        raise InvalidInput(f"the baseline's {what!r} is a JSON object")
+    if spec.get(field, allowed[0]) not in allowed:
+        raise InvalidInput(f"the baseline's {what} {field} is one of {', '.join(allowed)}")
+    for key, value in spec.items():
+        if key == "labels":
+            if value is not None and (
+                not isinstance(value, list) or not all(isinstance(v, str | int) for v in value)
+            ):
+                raise InvalidInput(f"the baseline's {what} labels are a list of names")
+        elif value is not None and not isinstance(value, str):
+            raise InvalidInput(f"the baseline's {what} {key!r} is a name or dotted path (a string)")
+
+
+def _check_numbers(values: Any, name: str, key: str, *, at_least: int = 0) -> list[float]:
+    if not isinstance(values, list) or len(values) < at_least or not all(_is_number(v) for v in values):
+        raise InvalidInput(f"baseline feature {name!r}: {key!r} is a list of numbers")
+    return [float(v) for v in values]
+
+
+def _check_stats(name: str, s: Any) -> None:
+    if not isinstance(s, Mapping) or s.get("type") not in ("numeric", "categorical"):
+        raise InvalidInput(f"baseline feature {name!r} has no numeric or categorical statistics")
+    for key in ("count", "missing", "distinct"):
+        value = s.get(key, 0)
+        if not _is_number(value) or value < 0:
+            raise InvalidInput(f"baseline feature {name!r}: {key!r} is a count")
+    for key in ("mean", "std", "min", "max", "sum", "other"):
+        if key in s and not _is_number(s[key]):
+            raise InvalidInput(f"baseline feature {name!r}: {key!r} is a number")
+    if s["type"] == "numeric":
+        if "reservoir" in s:
+            _check_numbers(s["reservoir"], name, "reservoir")
+        if s.get("count", 0):
+            edges = _check_numbers(s.get("quantile_edges"), name, "quantile_edges", at_least=2)
+            expected = _check_numbers(s.get("expected"), name, "expected")
+            if len(expected) != psi_cuts(edges).size + 1:
+                raise InvalidInput(f"baseline feature {name!r}: 'expected' does not match its edges")
+        return
+    for key in ("top", "top_counts"):
+        table = s.get(key, {})
+        if not isinstance(table, Mapping) or not all(_is_number(v) for v in table.values()):
+            raise InvalidInput(f"baseline feature {name!r}: {key!r} maps values to numbers")
+
+
 def check_baseline(doc: Any) -> dict[str, Any]:
     """A baseline document, validated (400 naming what is wrong); the legacy shape converted."""
     if not isinstance(doc, Mapping):
         raise InvalidInput("a baseline is a JSON object")
     if doc.get("format") != FORMAT:
         if "format" in doc:
-            raise InvalidInput(f"unknown baseline format {doc.get('format')!r} (expected {FORMAT!r})")
+            raise InvalidInput(
+                f"unknown baseline format {str(doc.get('format'))[:80]!r} (expected {FORMAT!r})"
+            )
         return from_legacy(doc)
     names = doc.get("feature_names")
     outputs = doc.get("output_names", [])
     features = doc.get("features")
-    if not isinstance(names, list) or not isinstance(outputs, list) or not isinstance(features, Mapping):
+    if not isinstance(features, Mapping):
         raise InvalidInput("a baseline needs 'feature_names', 'output_names' (lists) and 'features'")
-    if len(names) + len(outputs) > MAX_FEATURES:
-        raise InvalidInput(f"a baseline has at most {MAX_FEATURES} features")
-    for name in [*names, *outputs]:
-        s = features.get(name)
-        if not isinstance(s, Mapping) or s.get("type") not in ("numeric", "categorical"):
-            raise InvalidInput(f"baseline feature {name!r} has no numeric or categorical statistics")
-        if s["type"] == "numeric" and s.get("count", 0):
-            edges = s.get("quantile_edges")
-            expected = s.get("expected")
-            if not isinstance(edges, list) or len(edges) < 2 or not isinstance(expected, list):
-                raise InvalidInput(f"baseline feature {name!r} needs 'quantile_edges' and 'expected'")
-            if len(expected) != psi_cuts([float(e) for e in edges]).size + 1:
-                raise InvalidInput(f"baseline feature {name!r}: 'expected' does not match its edges")
+    every = _check_names(names, outputs)
+    _check_spec(doc.get("input"), "input", "type", _INPUT_TYPES)
+    _check_spec(doc.get("output"), "output", "kind", _OUTPUT_KINDS)
+    if not _is_number(doc.get("n_rows", 0)):
+        raise InvalidInput("the baseline's 'n_rows' is a count")
+    for name in every:
+        _check_stats(name, features.get(name))
     return dict(doc)
 
 

@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from mlgate.errors import MlgateError
+from mlgate.errors import InvalidInput, MlgateError
+from mlgate.monitoring.baseline import MAX_FEATURES
 
 __all__ = [
     "IMAGE_FEATURES",
@@ -144,8 +145,16 @@ def payloads(record: Mapping[str, Any]) -> tuple[Any, Any]:
 
 
 def _unwrap(value: Any) -> Any:
-    """API Gateway envelopes: ``{"statusCode", "body"}``, ``{"body": {...}}``, ``{"body": "<json>"}``."""
+    """API Gateway envelopes: ``{"statusCode", "body"}``, ``{"body": {...}}``, ``{"body": "<json>"}``;
+    mlgate's native answers: ``{"model_name", "model_version", "outputs"}`` (predict) and
+    ``{…, "results": [{"output"} | {"error"}]}`` (batch: the items answered)."""
     for _ in range(3):
+        if isinstance(value, Mapping) and "model_name" in value and "model_version" in value:
+            if "outputs" in value:
+                value = value["outputs"]
+            elif isinstance(value.get("results"), list):
+                value = [r["output"] for r in value["results"] if isinstance(r, Mapping) and "output" in r]
+            break
         if isinstance(value, Mapping) and "body" in value and (len(value) == 1 or "statusCode" in value):
             body = value["body"]
             if isinstance(body, str | bytes):
@@ -496,6 +505,8 @@ def rows_to_columns(rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, np.nda
             if key not in seen:
                 seen.add(key)
                 names.append(str(key))
+                if len(names) > MAX_FEATURES:  # before a column is built for each
+                    raise InvalidInput(f"the reference rows have more than {MAX_FEATURES} features")
     kinds: dict[str, str] = {}
     for name in names:
         values = [r.get(name) for r in rows if r.get(name) is not None and r.get(name) != ""]

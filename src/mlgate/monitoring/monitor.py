@@ -32,6 +32,7 @@ from mlgate.monitoring.baseline import (
     sagemaker_constraints,
     sagemaker_statistics,
 )
+from mlgate.monitoring.capture_read import parse_when
 from mlgate.monitoring.drift import Thresholds, compare, constraint_violations
 from mlgate.monitoring.features import (
     IMAGE_FEATURES,
@@ -58,24 +59,18 @@ MAX_BASELINE_ROWS = 200_000
 _BASELINE_CACHE_S = 30.0
 #: Captured records of an image model read per evaluation at most (each may be megabytes).
 MAX_IMAGE_RECORDS = 250
+#: On-demand drift evaluations and baseline computations at once per process (the routes hold
+#: :attr:`DriftMonitor.slots`); more wait their turn on the event loop, holding no thread. Each
+#: may hold ``max_rows`` parsed records and a thread busy with the GIL: 20 at once filled the
+#: default executor and slowed predictions to 2-4 s (tests/security/test_monitoring_hostile.py).
+MAX_CONCURRENT_EVALUATIONS = 2
 
 
 def parse_instant(value: str | None, *, now: datetime, default: datetime) -> datetime:
-    """``None`` → ``default``; ``24h`` / ``30m`` / ``7d`` / ``90s`` → that long before ``now``;
-    else an ISO 8601 instant (naive = UTC). A bad value is a 400."""
-    if value is None or not value.strip():
-        return default
-    text = value.strip()
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
-        return now - timedelta(seconds=float(text[:-1]) * units[text[-1]])
-    try:
-        instant = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidInput(
-            f"bad instant {value!r}: give ISO 8601 (2026-01-31T12:00:00Z) or a duration ago (24h, 30m, 7d)"
-        ) from None
-    return instant if instant.tzinfo else instant.replace(tzinfo=UTC)
+    """``None`` → ``default``; ``24h`` / ``30m`` / ``7d`` / ``90s`` / ``1w`` → that long before
+    ``now``; else an ISO 8601 instant (naive = UTC). A bad or out-of-range value is a 400
+    (:func:`mlgate.monitoring.capture_read.parse_when`, the capture routes' reading)."""
+    return parse_when(value, default=default, now=now)
 
 
 def _iso(instant: datetime) -> str:
@@ -162,6 +157,7 @@ class DriftMonitor:
         self._tasks: list[asyncio.Task[None]] = []
         self._baselines: dict[tuple[str, int], tuple[float, dict[str, Any] | None]] = {}
         self._gauge_labels: set[tuple[str, str, str, str]] = set()
+        self.slots = asyncio.Semaphore(MAX_CONCURRENT_EVALUATIONS)
 
     @property
     def thresholds(self) -> Thresholds:

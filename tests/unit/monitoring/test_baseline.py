@@ -152,3 +152,41 @@ def test_reference_baselines_load() -> None:
     assert len(temp["features"]["lag_1"]["reservoir"]) == RESERVOIR
     cardiac = check_baseline(json.loads((SERVICES / "cardiaco/artifact/baseline.json").read_text()))
     assert len(cardiac["feature_names"]) == 9
+
+
+def _doc(**stats: object) -> dict[str, object]:
+    return {
+        "format": "mlgate-baseline/1",
+        "feature_names": ["a"],
+        "output_names": [],
+        "features": {"a": {"type": "numeric", "count": 5, **stats}},
+    }
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        _doc(quantile_edges=["x", "y"], expected=[1]),
+        _doc(quantile_edges=[None, {}], expected=[1]),
+        _doc(quantile_edges=[0, 1], expected=["1"]),
+        _doc(quantile_edges=[0, 1], expected=[1], reservoir=["x"]),
+        _doc(quantile_edges=[0, 1], expected=[1], mean="x"),
+        _doc(quantile_edges=[0, 1], expected=[1], count="5"),
+        {**_doc(quantile_edges=[0, 1], expected=[1]), "input": {"type": "window", "key": ["x"]}},
+        {**_doc(quantile_edges=[0, 1], expected=[1]), "input": {"type": "tarot"}},
+        {**_doc(quantile_edges=[0, 1], expected=[1]), "output": {"kind": "regressor", "value": 5}},
+        {**_doc(quantile_edges=[0, 1], expected=[1]), "feature_names": [["a"]]},
+        {**_doc(quantile_edges=[0, 1], expected=[1]), "feature_names": ["a", "a"]},
+        {"feature_names": ["a"], "features": {"a": {"quantile_edges": "abc"}}},
+        {"feature_names": ["a"], "features": {"a": {"quantile_edges": []}}},
+        {"feature_names": ["a"], "features": {"a": {"quantile_edges": [1, 2], "mean": "x"}}},
+        {"feature_names": ["a"], "features": {"a": {"quantile_edges": [1, 2]}}, "n_samples": "lots"},
+        {
+            "feature_names": [f"f{i}" for i in range(2001)],
+            "features": {f"f{i}": {"quantile_edges": [0, 1]} for i in range(2001)},
+        },
+    ],
+)
+def test_malformed_baselines_are_refused_naming_the_problem(doc: dict[str, object]) -> None:
+    with pytest.raises(InvalidInput):
+        check_baseline(doc)

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from mlgate.db.tables import drift_latest
-from mlgate.errors import Conflict, Unprocessable
+from mlgate.errors import Conflict, InvalidInput, Unprocessable
 from mlgate.monitoring.baseline import build_baseline
 from mlgate.monitoring.drift import Thresholds, band, compare, constraint_violations, psi
 from mlgate.monitoring.features import FeatureFrame, extract, input_rows, output_rows, payloads
@@ -251,8 +251,11 @@ def test_parse_instant() -> None:
     assert parse_instant("24h", now=now, default=now) == now - timedelta(hours=24)
     assert parse_instant(None, now=now, default=now) == now
     assert parse_instant("2026-01-01T00:00:00Z", now=now, default=now) == datetime(2026, 1, 1, tzinfo=UTC)
-    with pytest.raises(Exception, match="bad instant"):
+    with pytest.raises(InvalidInput, match="bad time"):
         parse_instant("yesterday", now=now, default=now)
+    for value in ("99999999999d", "\u00b2h", "0001-01-01T00:00:00+05:00", "9" * 400 + "d"):
+        with pytest.raises(InvalidInput):  # a 400, never an OverflowError / ValueError (a 500)
+            parse_instant(value, now=now, default=now)
 
 
 # -- the monitor --------------------------------------------------------------------------------
@@ -410,3 +413,23 @@ def test_schedule_evaluates_under_the_lease_and_stops(monitor: DriftMonitor) -> 
     asyncio.run(main())
     assert monitor.latest_report("vec", 1) is not None
     assert monitor.lease.holder_now() is None  # released on stop
+
+
+def test_native_answers_are_unwrapped_for_output_features() -> None:
+    spec = {"kind": "regressor", "value": "prediccion"}
+    answer = {
+        "model_name": "temperatura",
+        "model_version": 1,
+        "outputs": {"prediccion": 20.15, "unidad": "C"},
+    }
+    assert output_rows(answer, spec) == [{"output:value": 20.15}]
+    batch = {
+        "model_name": "temperatura",
+        "model_version": 1,
+        "results": [
+            {"output": {"prediccion": 1.0}},
+            {"error": {"code": "invalid_input"}},
+            {"output": {"prediccion": 2.0}},
+        ],
+    }
+    assert output_rows(batch, spec) == [{"output:value": 1.0}, {"output:value": 2.0}]
