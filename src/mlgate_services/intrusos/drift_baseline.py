@@ -14,14 +14,12 @@ service puts it in the manifest::
 from __future__ import annotations
 
 import base64
-import importlib
-import io
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from mlgate_services.photos import crops, photo
 
 __all__ = ["BASELINE_FILE", "OUTPUT_SPEC", "PHOTOS", "build", "crops", "detector", "main"]
 
@@ -34,35 +32,6 @@ OUTPUT_SPEC: dict[str, Any] = {
 }
 PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket")
 CROPS_PER_PHOTO = 40
-
-
-def photo(name: str) -> np.ndarray:
-    data: Any = importlib.import_module("skimage.data")
-    rgb = np.asarray(getattr(data, name)())
-    if rgb.ndim == 2:
-        rgb = np.stack([rgb] * 3, axis=-1)
-    return rgb[..., :3]
-
-
-def crops(rgb: np.ndarray, n: int, *, seed: int) -> list[bytes]:
-    """``n`` seeded crops of ``rgb`` (50-100 % of each side, half mirrored), as PNG bytes."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    height, width = rgb.shape[:2]
-    out = []
-    for _ in range(n):
-        h = int(height * rng.uniform(0.5, 1.0))
-        w = int(width * rng.uniform(0.5, 1.0))
-        top = int(rng.integers(0, height - h + 1))
-        left = int(rng.integers(0, width - w + 1))
-        part = rgb[top : top + h, left : left + w]
-        if rng.random() < 0.5:
-            part = part[:, ::-1]
-        buffer = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(part)).save(buffer, "PNG")
-        out.append(buffer.getvalue())
-    return out
 
 
 def detector() -> Callable[[bytes], dict[str, Any]] | None:

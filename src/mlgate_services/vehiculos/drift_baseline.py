@@ -13,14 +13,12 @@ dependency); the JSON is committed and the service puts it in the manifest::
 from __future__ import annotations
 
 import base64
-import importlib
-import io
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from mlgate_services.photos import crops, photo
 
 __all__ = ["BASELINE_FILE", "OUTPUT_SPEC", "build", "classifier", "crops", "main", "photo"]
 
@@ -33,36 +31,6 @@ OUTPUT_SPEC: dict[str, Any] = {
     "labels": ["bicycle", "motorcycle"],
 }
 REFERENCE_CROPS = 100  # per photo of the stereo pair
-
-
-def photo(name: str) -> np.ndarray:
-    """An RGB photo that ships with scikit-image: ``motorcycle_left``/``_right``, ``chelsea``, ``cat``…"""
-    data: Any = importlib.import_module("skimage.data")
-    if name.startswith("motorcycle_"):
-        left, right, _ = data.stereo_motorcycle()
-        return np.asarray(left if name == "motorcycle_left" else right)
-    return np.asarray(getattr(data, name)())
-
-
-def crops(rgb: np.ndarray, n: int, *, seed: int) -> list[bytes]:
-    """``n`` seeded crops of ``rgb`` (50-100 % of each side, half mirrored), as PNG bytes."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    height, width = rgb.shape[:2]
-    out = []
-    for _ in range(n):
-        h = int(height * rng.uniform(0.5, 1.0))
-        w = int(width * rng.uniform(0.5, 1.0))
-        top = int(rng.integers(0, height - h + 1))
-        left = int(rng.integers(0, width - w + 1))
-        part = rgb[top : top + h, left : left + w]
-        if rng.random() < 0.5:
-            part = part[:, ::-1]
-        buffer = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(part)).save(buffer, "PNG")
-        out.append(buffer.getvalue())
-    return out
 
 
 def classifier() -> Callable[[bytes], dict[str, Any]] | None:
