@@ -80,7 +80,7 @@ def test_records_and_columns_answer_a_list_in_order(cars: tuple[Path, Any, Any])
         ]
     )
     assert by_records == pytest.approx(_expected(pipeline, x, rows))
-    assert by_columns == by_records
+    assert by_columns == pytest.approx(by_records, rel=1e-12)  # two frame layouts: equal to an ulp
     assert single == pytest.approx(by_records[1])
     assert runtime.encode(by_records) == by_records
 
