@@ -5,7 +5,7 @@ SERVE_VENV := .venv-serve
 TEST_VENV := .venv
 PIP_FLAGS ?= --disable-pip-version-check -q
 
-.PHONY: serve test lint typecheck unit bench soak clean
+.PHONY: serve test lint typecheck unit bench bench-shadow soak clean
 
 $(SERVE_VENV)/.installed: pyproject.toml
 	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
@@ -48,6 +48,11 @@ unit: $(TEST_VENV)/.installed
 bench: $(SERVE_VENV)/.installed
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; } || { echo "bench: wrk is needed (apt-get install wrk)"; exit 1; }
 	BENCH_PEER_PYTHON=$(PYTHON) PYTHONDONTWRITEBYTECODE=1 $(SERVE_VENV)/bin/python bench/run.py
+
+## The shadow version's cost on W1 (issue 16; ~2 minutes): docs/benchmarks.md, "Shadow version at 100 %".
+bench-shadow: $(SERVE_VENV)/.installed
+	@command -v wrk >/dev/null || { echo "bench-shadow: wrk is needed (apt-get install wrk)"; exit 1; }
+	PYTHONDONTWRITEBYTECODE=1 $(SERVE_VENV)/bin/python bench/shadow_overhead.py
 
 ## The reliability and security suite at full length (docs/security.md): 30 kill -9 rounds,
 ## 100 fuzz examples per operation and mode, the overload comparison without shedding; ~10 min.

@@ -7,7 +7,7 @@ limit; W3 the vehicle workflow when its route exists. Systems are interleaved ro
 reported, and every figure is also a ratio to the floor measured in the same round.
 
 Environment: ``BENCH_QUICK=1`` (1 round, 3 s points, FastAPI as the only peer),
-``BENCH_PEERS=fastapi-async,ray`` (a subset), ``BENCH_ONLY=mlgate-1w,w2,w3,all,scale,capture`` (parts),
+``BENCH_PEERS=fastapi-async,ray`` (a subset), ``BENCH_ONLY=mlgate-1w,w2,w3,all,scale,capture,shadow`` (parts),
 ``BENCH_ROUNDS``, ``BENCH_SECONDS``,
 ``BENCH_OUT`` (default docs/benchmarks.md). Raw results go to bench/results/<stamp>/.
 Run with the serving venv's python (``make bench`` does).
@@ -36,6 +36,7 @@ import capture_overhead
 import envs
 import gateway_scale
 import report
+import shadow_overhead
 from procs import Server, ServerSpec, loadavg, memory_mb, post, start_ready, wrk
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -656,6 +657,8 @@ def main() -> int:
         )
     if wanted("capture"):  # issue 15: W1 with every request captured vs capture off
         results["capture"] = capture_overhead.run(out_dir, quick=QUICK)
+    if wanted("shadow"):  # issue 16: W1 with every request mirrored to a shadow version vs none
+        results["shadow"] = shadow_overhead.run(out_dir, quick=QUICK)
     return finish(results, started, out_dir)
 
 
@@ -711,6 +714,7 @@ def finish(results: dict[str, Any], started: float, out_dir: Path) -> int:
     out = Path(os.environ.get("BENCH_OUT", ROOT / "docs" / "benchmarks.md"))
     kept_scale = gateway_scale.read_section(out)  # report.write regenerates the file
     kept_capture = capture_overhead.read(out)
+    kept_shadow = shadow_overhead.read(out)
     report.write(results, out)
     scale = results.get("gateway_scale")
     if scale:
@@ -729,6 +733,13 @@ def finish(results: dict[str, Any], started: float, out_dir: Path) -> int:
             end=capture_overhead.END,
             target_row=capture_overhead.TARGET_ROW,
         )
+    for part, module, kept in (("shadow", shadow_overhead, kept_shadow),):
+        if results.get(part):
+            module.write(out, results[part])
+        elif kept:
+            gateway_scale.write_section(
+                out, kept[0], kept[1], start=module.START, end=module.END, target_row=module.TARGET_ROW
+            )
     log(f"done in {results['elapsed_s'] / 60:.1f} min: {out} (raw: {out_dir / 'results.json'})")
     return 0
 

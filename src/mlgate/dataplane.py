@@ -10,6 +10,13 @@ failed — logged with its traceback, counted (``mlgate_model_load_failures_tota
 :meth:`DataPlane.failed` for ``/readyz`` — and the rest serves: start-up goes on, and requests
 for it get the recorded reason (503) without a new attempt for ``RETRY_FAILED_S`` seconds.
 A pushed version is loaded and warmed up by :meth:`DataPlane.trial_load` before it is registered.
+
+An alias with a traffic policy (:mod:`mlgate.policies`: a canary split, a shadow) is *routed*:
+its resolution carries the policy, each caller (``who``: a key id, a user, a workflow
+execution) is dealt its sticky version, the split's answers are counted for the rollout guard
+(:mod:`mlgate.routing`; a breach goes to ``on_breach``), and a sampled request is handed to
+``on_shadow`` after its answer (:mod:`mlgate.lifecycle.shadow`). An alias without one costs a
+request nothing more than an ``is None`` check.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,7 +47,9 @@ from mlgate.errors import (
     exception_summary,
     register_private_path,
 )
-from mlgate.repository import Repository
+from mlgate.policies import AliasPolicy, Policies, bucket_version, identity_hash
+from mlgate.repository import DEFAULT_ALIAS, Repository
+from mlgate.routing import Breach, GuardWindow
 from mlgate.runtimes import create_runtime
 from mlgate.runtimes.base import LoadContext, ModelRuntime
 from mlgate.settings import Settings
@@ -46,7 +57,7 @@ from mlgate.telemetry.context import current_request_id
 from mlgate.telemetry.metrics import Metrics, ModelMetrics
 from mlgate.types import Manifest, Processor, VersionInfo
 
-__all__ = ["RETRY_FAILED_S", "DataPlane", "LoadedModel", "Prediction"]
+__all__ = ["RETRY_FAILED_S", "DataPlane", "LoadedModel", "Prediction", "Route"]
 
 log = logging.getLogger("mlgate.dataplane")
 
@@ -59,6 +70,23 @@ class Prediction:
     model: str
     version: int
     output: Any
+
+
+@dataclass(slots=True)
+class Route:
+    """A routed alias's resolution: its policy and, for a split, the guard's window."""
+
+    policy: AliasPolicy
+    window: GuardWindow | None
+
+
+#: Callers dealt by hash instead of a stored assignment: client addresses, workflow executions.
+_HASHED = ("ip:", "execution:")
+#: Callers' assigned versions kept per split in a process before the cache starts over.
+_ASSIGNED_CACHE = 100_000
+
+ShadowHook = Callable[[AliasPolicy, Prediction, Any, float], None]
+BreachHook = Callable[[Breach], None]
 
 
 @dataclass(slots=True)
@@ -88,9 +116,15 @@ class DataPlane:
         cache: ArtifactCache,
         metrics: Metrics,
         processors: Mapping[str, Processor] | None = None,
+        policies: Policies | None = None,
     ) -> None:
         self.settings = settings
         self.repository = repository
+        self.policies = policies or Policies(repository.engine)
+        #: called with a canary's first guard breach in this process (the lifecycle rolls it back)
+        self.on_breach: BreachHook | None = None
+        #: called after a sampled routed prediction: (policy, the answer, its payload, seconds)
+        self.on_shadow: ShadowHook | None = None
         self.cache = cache
         register_private_path(settings.data_dir, "data")  # clients see "data/…", never the path
         self.metrics = metrics
@@ -103,9 +137,15 @@ class DataPlane:
         # database read each, ~64 per second per alias at c=64 in a W1 profile).
         self._resolving: dict[tuple[str, str | int | None], asyncio.Future[VersionInfo]] = {}
         self._alias_epoch = 0
-        # (name, ref) -> (monotonic expiry, LoadedModel): resolve + ensure_loaded in one lookup,
-        # valid exactly as long as the alias resolution it came from.
-        self._serving: dict[tuple[str, str | int | None], tuple[float, LoadedModel]] = {}
+        # (name, ref) -> (monotonic expiry, LoadedModel, Route or None): resolve + ensure_loaded
+        # in one lookup, valid exactly as long as the alias resolution it came from.
+        self._serving: dict[tuple[str, str | int | None], tuple[float, LoadedModel, Route | None]] = {}
+        # (name, ref) -> the routed alias's Route (None: a plain one), as long as the resolution
+        self._routes: dict[tuple[str, str | int | None], Route | None] = {}
+        # (model, alias, split_since) -> the split's guard window / callers' assigned versions
+        self._windows: dict[tuple[str, str, float | None], GuardWindow] = {}
+        self._assigned: dict[tuple[str, str, float | None], dict[str, int]] = {}
+        self._assigning: dict[tuple[str, str, float | None], asyncio.Lock] = {}
         # (model, version) -> (monotonic time of the failed attempt, its public reason)
         self._failed: dict[tuple[str, int], tuple[float, str]] = {}
         self.ready = False
@@ -162,6 +202,7 @@ class DataPlane:
         """Forget cached alias resolutions (after an alias move in this process)."""
         self._aliases.clear()
         self._serving.clear()
+        self._routes.clear()
         self._resolving.clear()  # lookups already running may predate the move: don't share them
         self._alias_epoch += 1
 
@@ -187,13 +228,48 @@ class DataPlane:
     ) -> VersionInfo:
         epoch = self._alias_epoch
         try:
-            info = await asyncio.to_thread(self.repository.resolve, name, ref)
+            info, policy = await asyncio.to_thread(self._resolve_with_policy, name, ref)
         finally:
             if self._resolving.get(key) is asyncio.current_task():
                 del self._resolving[key]
         if epoch == self._alias_epoch:  # not invalidated meanwhile
             self._aliases[key] = (now, info)
+            self._routes[key] = self._route_for(policy) if policy is not None else None
         return info
+
+    def _resolve_with_policy(
+        self, name: str, ref: str | int | None
+    ) -> tuple[VersionInfo, AliasPolicy | None]:
+        info = self.repository.resolve(name, ref)
+        if isinstance(ref, int):
+            return info, None
+        policy = self.policies.get(name, ref or DEFAULT_ALIAS)
+        if policy is None or not policy.routed or policy.version != info.version:
+            return info, None
+        return info, policy
+
+    def _route_for(self, policy: AliasPolicy) -> Route:
+        window = None
+        if policy.splitting:
+            wkey = (policy.model, policy.alias, policy.split_since)
+            window = self._windows.get(wkey)
+            if window is None:
+                for old in [k for k in self._windows if k[:2] == wkey[:2]]:  # an earlier split's
+                    self._windows.pop(old, None)
+                    self._assigned.pop(old, None)
+                    self._assigning.pop(old, None)
+                window = self._windows[wkey] = GuardWindow(policy)
+                for version, _ in policy.split:  # the rollback counter at 0 from the start
+                    if version != policy.version:
+                        self.metrics.canary_rollbacks.labels(policy.model, policy.alias, str(version))
+            else:
+                window.policy = policy  # the same split, weights maybe changed by a rollback
+        return Route(policy, window)
+
+    def policy_of(self, name: str, ref: str | int | None = None) -> AliasPolicy | None:
+        """The routed policy of the last resolution of ``(name, ref)`` in this process, if any."""
+        route = self._routes.get((name, ref))
+        return route.policy if route is not None else None
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -326,26 +402,138 @@ class DataPlane:
 
     # -- serving ---------------------------------------------------------------------------
 
-    async def predict(self, name: str, payload: Any, *, version: str | int | None = None) -> Prediction:
-        """One prediction through the model's processor (if any), runtime and batcher."""
+    async def predict(
+        self, name: str, payload: Any, *, version: str | int | None = None, who: str | None = None
+    ) -> Prediction:
+        """One prediction through the model's processor (if any), runtime and batcher. ``who``
+        (a key id, a user, an execution) is the caller a routed alias deals its sticky version to."""
         serving = self._serving.get((name, version))
         if serving is not None and time.monotonic() < serving[0]:
-            loaded = serving[1]  # resolved and loaded within alias_ttl_s
+            loaded, route = serving[1], serving[2]  # resolved and loaded within alias_ttl_s
         else:
-            info = await self.resolve(name, version)
-            loaded = await self.ensure_loaded(info)
-            cached = self._aliases.get((name, version))
-            if cached is not None and cached[1] is info:  # still the current resolution
-                # numbers too: a deleted version's number may be registered again elsewhere
-                self._serving[(name, version)] = (cached[0] + self.settings.alias_ttl_s, loaded)
-        return await self._serve(loaded, payload)
+            loaded, route = await self._current(name, version)
+        if route is None:
+            return await self._serve(loaded, payload)
+        return await self._routed(route, loaded, payload, who)
 
-    async def predict_many(
-        self, name: str, payloads: list[Any], *, version: str | int | None = None
-    ) -> tuple[VersionInfo, list[Prediction | MlgateError]]:
-        """Many predictions on one resolved version, answered in order; bad items fail alone."""
+    async def _current(self, name: str, version: str | int | None) -> tuple[LoadedModel, Route | None]:
         info = await self.resolve(name, version)
         loaded = await self.ensure_loaded(info)
+        key = (name, version)
+        route = self._routes.get(key)
+        cached = self._aliases.get(key)
+        if cached is not None and cached[1] is info:  # still the current resolution
+            # numbers too: a deleted version's number may be registered again elsewhere
+            self._serving[key] = (cached[0] + self.settings.alias_ttl_s, loaded, route)
+        return loaded, route
+
+    async def _routed(self, route: Route, stable: LoadedModel, payload: Any, who: str | None) -> Prediction:
+        """A routed alias's prediction: the caller's version, counted for the guard, maybe shadowed."""
+        policy = route.policy
+        window = route.window
+        if window is None:  # a shadow only
+            started = time.perf_counter()
+            prediction = await self._serve(stable, payload)
+            self._maybe_shadow(policy, prediction, payload, time.perf_counter() - started)
+            return prediction
+        version = await self.version_for(route, who)
+        loaded = stable if version == stable.info.version else await self._pinned(policy.model, version)
+        started = time.perf_counter()
+        try:
+            prediction = await self._serve(loaded, payload)
+        except MlgateError as exc:
+            self._observe(window, version, exc.status >= 500, time.perf_counter() - started)
+            raise
+        elapsed = time.perf_counter() - started
+        self._observe(window, version, False, elapsed)
+        if version == policy.version:  # the shadow compares with the stable's answers
+            self._maybe_shadow(policy, prediction, payload, elapsed)
+        return prediction
+
+    def _observe(self, window: GuardWindow, version: int, failed: bool, seconds: float) -> None:
+        breach = window.observe(version, failed, seconds)
+        if breach is not None:
+            log.warning(
+                "canary %s v%s (alias %s) fails its guard: %s",
+                breach.policy.model,
+                breach.version,
+                breach.policy.alias,
+                breach.reason,
+            )
+            if self.on_breach is not None:
+                try:
+                    self.on_breach(breach)
+                except Exception:
+                    log.exception("the canary rollback of %s v%s failed", breach.policy.model, breach.version)
+
+    def _maybe_shadow(
+        self, policy: AliasPolicy, prediction: Prediction, payload: Any, seconds: float
+    ) -> None:
+        hook = self.on_shadow
+        if hook is None or policy.shadow is None or policy.shadow_sample <= 0.0:
+            return
+        if policy.shadow_sample < 1.0 and _draws.random() >= policy.shadow_sample:
+            return
+        try:
+            hook(policy, prediction, payload, seconds)
+        except Exception:  # a shadow never fails the caller
+            log.exception("could not shadow %s v%s", policy.model, policy.shadow)
+
+    async def _pinned(self, name: str, version: int) -> LoadedModel:
+        serving = self._serving.get((name, version))
+        if serving is not None and time.monotonic() < serving[0]:
+            return serving[1]
+        loaded, _ = await self._current(name, version)
+        return loaded
+
+    async def version_for(self, route: Route, who: str | None) -> int:
+        """The version ``who`` sees under the route's split: a key's or user's sticky assignment
+        (stored once, the first time it is seen), a client address's or execution's by hash, an
+        anonymous caller's at random; the stable if that version's weight is now 0."""
+        policy = route.policy
+        if not policy.splitting:
+            return policy.version
+        if who is None:
+            version = bucket_version(policy, identity_hash(f"anon:{_draws.random()}"))
+        elif who.startswith(_HASHED):
+            # Addresses and executions are not stored (a client choosing new addresses must not
+            # turn each request into a database write): dealt by hash, sticky as long as they are.
+            version = bucket_version(policy, identity_hash(who))
+        else:
+            skey = (policy.model, policy.alias, policy.split_since)
+            assigned = self._assigned.get(skey)
+            if assigned is None:
+                assigned = self._assigned[skey] = {}
+            found = assigned.get(who)
+            if found is None:
+                lock = self._assigning.setdefault(skey, asyncio.Lock())
+                async with lock:  # one assignment at a time per split: the counts stay balanced
+                    found = assigned.get(who)
+                    if found is None:
+                        found = await asyncio.to_thread(self.policies.assign, policy, who)
+                        if len(assigned) >= _ASSIGNED_CACHE:
+                            assigned.clear()
+                        assigned[who] = found
+            version = found
+        return version if policy.weight(version) > 0 else policy.version
+
+    async def choose(
+        self, name: str, ref: str | int | None, who: str | None
+    ) -> tuple[VersionInfo, LoadedModel]:
+        """The version (loaded) that serves ``who``'s request for ``(name, ref)``: the routes that
+        serve many rows at once (batch, tensors) follow the alias's split this way."""
+        loaded, route = await self._current(name, ref)
+        if route is not None and route.window is not None:
+            version = await self.version_for(route, who)
+            if version != loaded.info.version:
+                loaded = await self._pinned(name, version)
+        return loaded.info, loaded
+
+    async def predict_many(
+        self, name: str, payloads: list[Any], *, version: str | int | None = None, who: str | None = None
+    ) -> tuple[VersionInfo, list[Prediction | MlgateError]]:
+        """Many predictions on one resolved version, answered in order; bad items fail alone."""
+        info, loaded = await self.choose(name, version, who)
         results = await asyncio.gather(*(self._serve(loaded, p) for p in payloads), return_exceptions=True)
         out: list[Prediction | MlgateError] = []
         for r in results:
@@ -356,11 +544,15 @@ class DataPlane:
         return info, out
 
     async def infer_tensors(
-        self, name: str, tensors: dict[str, np.ndarray], *, version: str | int | None = None
+        self,
+        name: str,
+        tensors: dict[str, np.ndarray],
+        *,
+        version: str | int | None = None,
+        who: str | None = None,
     ) -> tuple[VersionInfo, dict[str, np.ndarray]]:
         """Open Inference Protocol: rows of the input tensor(s) in, stacked output tensors out."""
-        info = await self.resolve(name, version)
-        loaded = await self.ensure_loaded(info)
+        info, loaded = await self.choose(name, version, who)
         items = loaded.runtime.decode_tensors(tensors)
         outputs = await asyncio.gather(*(self._submit(loaded, x) for x in items))
         encoded = loaded.runtime.encode_tensors(list(outputs))
@@ -479,6 +671,11 @@ def _log_failure(what: str, loaded: LoadedModel, exc: BaseException) -> None:
     """A model's (or processor's) exception: its traceback in the server log, never in the answer."""
     info = loaded.info
     log.error("%s on %s v%s (request %s)", what, info.model, info.version, current_request_id(), exc_info=exc)
+
+
+# The shadow's sampling draw and anonymous callers' dealing: seeded once per process.
+_draws = random.Random(os.urandom(16))
+os.register_at_fork(after_in_child=lambda: _draws.seed(os.urandom(16)))
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

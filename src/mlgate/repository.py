@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,7 +26,15 @@ from sqlalchemy import exc as sa_exc
 
 from mlgate.db.engine import create_engine_for, write_tx
 from mlgate.db.migrate import upgrade
-from mlgate.db.tables import aliases, model_versions, models, registry_state, utcnow
+from mlgate.db.tables import (
+    alias_policies,
+    aliases,
+    canary_assignments,
+    model_versions,
+    models,
+    registry_state,
+    utcnow,
+)
 from mlgate.errors import Conflict, InvalidInput, ModelNotFound, NotFound, VersionNotFound
 from mlgate.types import NAME_PATTERN, Manifest, ModelInfo, VersionInfo
 
@@ -209,6 +218,9 @@ class Repository:
                     select(aliases.c.alias).where(aliases.c.model == name, aliases.c.version == version)
                 )
             )
+            pointing += _policy_users(conn, name, version)
+            if not pointing:
+                _drop_from_splits(conn, name, version)  # at weight 0 in a split: forgotten there
             if pointing:
                 raise Conflict(
                     f"model {name!r} version {version} is aliased ({', '.join(pointing)}): "
@@ -236,6 +248,8 @@ class Repository:
             rows = conn.execute(select(model_versions).where(model_versions.c.model == name))
             versions = [_version_info(row) for row in rows]
             conn.execute(aliases.delete().where(aliases.c.model == name))
+            conn.execute(alias_policies.delete().where(alias_policies.c.model == name))
+            conn.execute(canary_assignments.delete().where(canary_assignments.c.model == name))
             conn.execute(model_versions.delete().where(model_versions.c.model == name))
             conn.execute(models.delete().where(models.c.name == name))
             if release is not None:
@@ -260,12 +274,36 @@ class Repository:
             )
             if moved.rowcount == 0:
                 conn.execute(insert(aliases).values(model=name, alias=alias, version=version, updated_at=now))
+            # A move ends the alias's canary split (the new version takes 100 %) and a shadow of
+            # the version it now points at (mlgate.policies).
+            where = (alias_policies.c.model == name, alias_policies.c.alias == alias)
+            conn.execute(
+                update(alias_policies).where(*where).values(split=None, guard=None, split_since=None)
+            )
+            conn.execute(
+                update(alias_policies)
+                .where(*where, alias_policies.c.shadow_version == version)
+                .values(shadow_version=None, shadow_sample=None, shadow_options=None, shadow_since=None)
+            )
+            conn.execute(
+                canary_assignments.delete().where(
+                    canary_assignments.c.model == name, canary_assignments.c.alias == alias
+                )
+            )
 
     def delete_alias(self, name: str, alias: str) -> None:
         """Remove ``alias``; :class:`NotFound` if it does not exist."""
         with write_tx(self._engine) as conn:
             _bump(conn)
             deleted = conn.execute(aliases.delete().where(aliases.c.model == name, aliases.c.alias == alias))
+            conn.execute(
+                alias_policies.delete().where(alias_policies.c.model == name, alias_policies.c.alias == alias)
+            )
+            conn.execute(
+                canary_assignments.delete().where(
+                    canary_assignments.c.model == name, canary_assignments.c.alias == alias
+                )
+            )
             if deleted.rowcount == 0:
                 _require_model(conn, name)
                 raise NotFound(
@@ -308,6 +346,34 @@ def _check_name(value: str, what: str) -> None:
             f"invalid {what} {value!r}: 1-64 lowercase letters, digits, '-' or '_', starting with a letter",
             details={"value": value},
         )
+
+
+def _policy_users(conn: Connection, name: str, version: int) -> list[str]:
+    """The aliases whose canary split (weight > 0) or shadow uses ``version``: a delete is refused."""
+    users: list[str] = []
+    for row in conn.execute(select(alias_policies).where(alias_policies.c.model == name)):
+        weights = json.loads(row.split) if row.split else {}
+        if weights.get(str(version), 0) > 0:
+            users.append(f"{row.alias} (canary)")
+        if row.shadow_version == version:
+            users.append(f"{row.alias} (shadow)")
+    return users
+
+
+def _drop_from_splits(conn: Connection, name: str, version: int) -> None:
+    for row in conn.execute(select(alias_policies).where(alias_policies.c.model == name)).all():
+        weights = json.loads(row.split) if row.split else {}
+        if str(version) in weights:
+            del weights[str(version)]
+            conn.execute(
+                update(alias_policies)
+                .where(alias_policies.c.model == name, alias_policies.c.alias == row.alias)
+                .values(split=json.dumps(weights))
+                if len(weights) > 1
+                else update(alias_policies)
+                .where(alias_policies.c.model == name, alias_policies.c.alias == row.alias)
+                .values(split=None, guard=None, split_since=None)
+            )
 
 
 def _bump(conn: Connection) -> None:

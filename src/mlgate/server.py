@@ -33,6 +33,8 @@ from mlgate.access.usage import UsageRecorder
 from mlgate.access.users import UserStore
 from mlgate.cache import ArtifactCache
 from mlgate.dataplane import DataPlane
+from mlgate.lifecycle.canary import CanaryGuardian
+from mlgate.lifecycle.shadow import ShadowRunner
 from mlgate.monitoring.alerts import AlertEngine
 from mlgate.monitoring.capture import Capture
 from mlgate.monitoring.monitor import DriftMonitor
@@ -46,6 +48,7 @@ from mlgate.telemetry.metrics import Metrics
 from mlgate.types import Service
 
 if TYPE_CHECKING:
+    from mlgate.lifecycle.jobs import TrainJobs
     from mlgate.workflows.service import WorkflowService
 
 __all__ = ["Server", "bootstrap_once"]
@@ -78,6 +81,12 @@ class Server:
     services: list[Service] = field(default_factory=list)
     #: built by :meth:`build_workflows` (``mlgate serve``: right after startup, in a thread)
     workflows: WorkflowService | None = None
+    #: training runs as background jobs (lifecycle/jobs.py; built by :meth:`start`)
+    train_jobs: TrainJobs | None = None
+    #: rolls failing canaries back (the dataplane's ``on_breach``; set up by :meth:`start`)
+    canary: CanaryGuardian | None = None
+    #: mirrors shadowed aliases' traffic and compares (the dataplane's ``on_shadow``; :meth:`start`)
+    shadow: ShadowRunner | None = None
     #: set on SIGTERM: readiness answers 503 while requests finish
     draining: bool = False
     _usage_task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -182,9 +191,29 @@ class Server:
         self.access_log.start()
         await asyncio.to_thread(self.bootstrap)
         self._usage_task = asyncio.get_running_loop().create_task(self.usage.run(), name="mlgate-usage")
+        self.canary = CanaryGuardian(
+            dataplane=self.dataplane, policies=self.dataplane.policies, metrics=self.metrics
+        )
+        self.dataplane.on_breach = self.canary.on_breach
+        self.shadow = ShadowRunner(
+            dataplane=self.dataplane,
+            engine=self.repository.engine,
+            metrics=self.metrics,
+            capture=self.capture,
+        )
+        self.dataplane.on_shadow = self.shadow.on_shadow
+        await self.shadow.start()
         await self.dataplane.start()
         await self.capture.start()
         await self.drift.start()
+        # train jobs, and retrain on drift as a subscriber of the alert engine (issue 16)
+        from mlgate.lifecycle.jobs import TrainJobs
+        from mlgate.lifecycle.retrain import Retrainer
+
+        self.train_jobs = TrainJobs(
+            engine=self.repository.engine, keys=self.keys, plans=self.plans, settings=self.settings
+        )
+        self.alerts.subscribe(Retrainer(engine=self.repository.engine, jobs=self.train_jobs).on_firing)
         await self.alerts.start()
 
     async def stop(self) -> None:
@@ -192,7 +221,13 @@ class Server:
         self.dataplane.ready = False
         if self.workflows is not None:
             await self.workflows.stop()  # waits briefly, then aborts running executions
+        if self.train_jobs is not None:  # running train children killed, marked failed
+            await asyncio.to_thread(self.train_jobs.stop)
         await self.alerts.stop()
+        if self.canary is not None:
+            await self.canary.stop()
+        if self.shadow is not None:  # before the models and capture: calls end, figures written
+            await self.shadow.stop()
         await self.drift.stop()
         await self.dataplane.stop()
         await self.capture.stop()  # after the models: what they answered last is written out

@@ -272,6 +272,24 @@ class HttpSettings(BaseModel):
     )
 
 
+# -- train jobs (lifecycle/jobs.py, issue 16) --------------------------------------------------
+class TrainSettings(BaseModel):
+    """``MLGATE_TRAIN__*``: training runs started over HTTP or by a drift alert (docs/lifecycle.md)."""
+
+    recipes: list[str] = Field(
+        default_factory=list,
+        description="user recipes an HTTP caller may run: exact 'module:function' or 'module:*'; the "
+        "built-in recipes are always allowed (an admin caller must not import arbitrary modules)",
+    )
+    timeout_s: float = Field(default=3600.0, gt=0, le=7 * 86400, description="a run is killed after this")
+    heartbeat_s: float = Field(default=5.0, gt=0, le=300, description="how often a running run is checked")
+    stale_s: float = Field(
+        default=60.0, gt=0, le=3600, description="a run without a heartbeat for this long is marked failed"
+    )
+    max_running: int = Field(default=2, ge=1, le=64, description="runs at once per server process")
+    output_lines: int = Field(default=40, ge=1, le=1000, description="last lines of a run's output kept")
+
+
 class Settings(BaseSettings):
     """Every knob of an mlgate server. Unset paths derive from ``data_dir``."""
 
@@ -352,6 +370,7 @@ class Settings(BaseSettings):
     capture: CaptureSettings = Field(default_factory=CaptureSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

@@ -40,6 +40,12 @@ TABLES = {
     "alert_states",
     "alert_events",
     "drift_latest",
+    "alias_policies",
+    "canary_assignments",
+    "model_events",
+    "train_runs",
+    "retrain_policies",
+    "shadow_stats",
 }
 
 

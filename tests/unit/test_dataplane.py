@@ -553,3 +553,57 @@ def test_a_deleted_number_registered_again_elsewhere_is_never_served_by_the_old_
         return [before, after]
 
     assert serve(plane, scenario) == pytest.approx([V2_AT_11, V1_AT_11])
+
+
+# -- routed aliases (canary splits, shadows) ----------------------------------------------------
+
+
+def test_a_split_alias_deals_each_caller_one_version_and_counts_for_the_guard(lin: Env) -> None:
+    from mlgate.policies import CanaryGuard, Policies
+
+    Policies(lin.repository.engine).set_split("lin", "production", {1: 50, 2: 50}, CanaryGuard(), actor=None)
+    plane, metrics = lin.dataplane(alias_ttl_s=0.0)
+
+    async def scenario() -> tuple[dict[str, set[int]], set[int], int]:
+        seen: dict[str, set[int]] = {}
+        for i in range(40):
+            who = f"key-{i % 10}"
+            prediction = await plane.predict("lin", [1, 1], who=who)
+            seen.setdefault(who, set()).add(prediction.version)
+        info, results = await plane.predict_many("lin", [[1, 1], [2, 2]], who="key-3")
+        batch = {r.version for r in results if isinstance(r, Prediction)}
+        assert info.version in batch
+        window = next(iter(plane._windows.values()))
+        counted = sum(c.requests for c in window.counts.values())
+        # Anonymous callers are dealt by chance: over 100 of them both versions answer.
+        anonymous = {(await plane.predict("lin", [1, 1])).version for _ in range(100)}
+        return seen, anonymous, counted
+
+    seen, anonymous, counted = serve(plane, scenario)
+    assert all(len(versions) == 1 for versions in seen.values())
+    assert {v for versions in seen.values() for v in versions} == {1, 2}
+    assert sum(1 for versions in seen.values() if versions == {2}) == 5  # balanced: 5 of 10 callers
+    assert counted == 40
+    assert anonymous == {1, 2}
+    assert (
+        sample(metrics, "mlgate_canary_rollbacks_total", model="lin", alias="production", version="2") == 0.0
+    )
+
+
+def test_a_shadowed_alias_hands_sampled_answers_to_the_hook(lin: Env) -> None:
+    from mlgate.policies import Policies, ShadowOptions
+
+    Policies(lin.repository.engine).set_shadow("lin", "production", 2, 1.0, ShadowOptions(), actor=None)
+    plane, _ = lin.dataplane()
+    handed: list[tuple[int | None, int, Any]] = []
+    plane.on_shadow = lambda policy, prediction, payload, seconds: handed.append(
+        (policy.shadow, prediction.version, payload)
+    )
+
+    async def scenario() -> Prediction:
+        await plane.predict("lin", [1, 1], version=1)  # a pinned version is never shadowed
+        return await plane.predict("lin", [1, 1], who="k")
+
+    answered = serve(plane, scenario)
+    assert answered.version == 1
+    assert handed == [(2, 1, [1, 1])]

@@ -14,7 +14,8 @@ from mlgate.cli.alerts import alerts_app
 from mlgate.cli.common import ApiKeyOpt, Url, _check, _client, console, err
 from mlgate.cli.models import models_app
 from mlgate.cli.monitor import monitor_app
-from mlgate.cli.train import train_command
+from mlgate.cli.shadow import shadow_command
+from mlgate.cli.train import history_command, retrain_command, runs_list, runs_show, train_command
 from mlgate.cli.workflows import workflows_app
 from mlgate.settings import export_environ, load_settings
 
@@ -29,6 +30,16 @@ app.add_typer(workflows_app, name="workflows")
 app.add_typer(monitor_app, name="monitor")
 app.add_typer(alerts_app, name="alerts")
 app.command("train")(train_command)
+# background train runs, retrain on drift, a model's history (cli/train.py; issue 16)
+runs_app = typer.Typer(
+    help="Training runs the server runs as jobs (mlgate train --remote, drift).", no_args_is_help=True
+)
+runs_app.command("ls")(runs_list)
+runs_app.command("show")(runs_show)
+app.add_typer(runs_app, name="runs")
+monitor_app.command("retrain")(retrain_command)
+models_app.command("history")(history_command)
+models_app.command("shadow")(shadow_command)  # a shadow version's comparison (cli/shadow.py)
 
 
 @app.command()

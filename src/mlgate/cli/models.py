@@ -30,9 +30,12 @@ def models_list(url: Url = "http://127.0.0.1:8000", api_key: ApiKeyOpt = None) -
 
 @models_app.command("info")
 def models_info(name: str, url: Url = "http://127.0.0.1:8000", api_key: ApiKeyOpt = None) -> None:
-    """Show a model and every version's manifest."""
+    """Show a model, its aliases' splits and shadows, and every version's manifest."""
     with _client(url, api_key) as client:
-        console.print_json(data=_check(client.get(f"/v1/models/{name}")))
+        body = _check(client.get(f"/v1/models/{name}"))
+    for policy in (body.get("policies") or {}).values():
+        console.print(describe_policy(policy))
+    console.print_json(data=body)
 
 
 class _Reader:
@@ -168,12 +171,105 @@ def _print_pushed(body: dict[str, Any], how: str) -> None:
 
 @models_app.command("alias")
 def models_alias(
-    name: str, alias: str, version: int, url: Url = "http://127.0.0.1:8000", api_key: ApiKeyOpt = None
+    name: str,
+    alias: str,
+    version: Annotated[int | None, typer.Argument(help="point the alias here (ends a split)")] = None,
+    split: Annotated[
+        str | None, typer.Option(help="canary split VERSION=PERCENT,… (e.g. 3=90,4=10), sticky per caller")
+    ] = None,
+    no_split: Annotated[
+        bool, typer.Option("--no-split", help="end the split: all to the stable version")
+    ] = False,
+    min_requests: Annotated[
+        int | None, typer.Option(help="guard: requests each version needs before the canary is judged")
+    ] = None,
+    max_error_rate_delta: Annotated[
+        float | None, typer.Option(help="guard: the canary's error rate may exceed the stable's by this much")
+    ] = None,
+    max_p95_ratio: Annotated[
+        float | None, typer.Option(help="guard: the canary's p95 may exceed the stable's by this fraction")
+    ] = None,
+    no_guard: Annotated[
+        bool, typer.Option("--no-guard", help="never roll the canary back by itself")
+    ] = False,
+    shadow: Annotated[int | None, typer.Option(help="mirror the alias's traffic to this version")] = None,
+    sample: Annotated[float, typer.Option(help="the fraction of requests the shadow sees")] = 1.0,
+    shadow_timeout: Annotated[float | None, typer.Option(help="the shadow's own timeout, seconds")] = None,
+    shadow_concurrency: Annotated[int | None, typer.Option(help="shadow calls in flight per process")] = None,
+    no_shadow: Annotated[bool, typer.Option("--no-shadow", help="stop the alias's shadow")] = False,
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKeyOpt = None,
 ) -> None:
-    """Point ALIAS of NAME at VERSION (promote or roll back, no restart)."""
+    """Point ALIAS of NAME at VERSION, split its traffic (canary), or give it a shadow.
+
+    mlgate models alias temperatura production 4                      # promote / roll back
+    mlgate models alias temperatura production --split 3=90,4=10      # canary, guarded
+    mlgate models alias temperatura production --shadow 4 --sample 0.25
+    mlgate models alias temperatura production --no-split --no-shadow
+    """
+    if version is None and split is None and shadow is None and not (no_split or no_shadow):
+        raise typer.BadParameter("give a VERSION, --split, --shadow, --no-split or --no-shadow")
+    if version is not None and split is not None:
+        raise typer.BadParameter("give either a VERSION or --split, not both")
+    base = f"/v1/models/{name}/aliases/{alias}"
     with _client(url, api_key) as client:
-        body = _check(client.put(f"/v1/models/{name}/aliases/{alias}", json={"version": version}))
-    console.print(f"{body['model']}:{body['alias']} → v{body['version']}")
+        body: dict[str, Any] | None = None
+        if version is not None:
+            body = _check(client.put(base, json={"version": version}))
+            console.print(f"{body['model']}:{body['alias']} → v{body['version']}")
+        if split is not None:
+            from mlgate.policies import parse_weights
+
+            try:
+                weights = parse_weights(split)
+            except Exception as exc:  # InvalidInput: a clear usage error
+                raise typer.BadParameter(str(getattr(exc, "message", exc))) from None
+            guard: dict[str, Any] = {}
+            if no_guard:
+                guard["enabled"] = False
+            for key, value in (
+                ("min_requests", min_requests),
+                ("max_error_rate_delta", max_error_rate_delta),
+                ("max_p95_ratio", max_p95_ratio),
+            ):
+                if value is not None:
+                    guard[key] = value
+            body = _check(
+                client.put(
+                    f"{base}/split", json={"weights": {str(v): w for v, w in weights.items()}, "guard": guard}
+                )
+            )
+        elif no_split:
+            body = _check(client.delete(f"{base}/split"))
+        if shadow is not None:
+            payload: dict[str, Any] = {"version": shadow, "sample": sample}
+            if shadow_timeout is not None:
+                payload["timeout_s"] = shadow_timeout
+            if shadow_concurrency is not None:
+                payload["max_concurrency"] = shadow_concurrency
+            body = _check(client.put(f"{base}/shadow", json=payload))
+        elif no_shadow:
+            body = _check(client.delete(f"{base}/shadow"))
+    if body is not None and (split is not None or shadow is not None or no_split or no_shadow):
+        console.print(describe_policy(body))
+
+
+def describe_policy(policy: dict[str, Any]) -> str:
+    """One line: ``temperatura:production → v3 90 %, v4 10 % (canary, guarded); shadow v4 at 25 %``."""
+    text = f"{policy['model']}:{policy['alias']} → "
+    split = policy.get("split")
+    if split:
+        parts = [
+            f"v{v} {w} %" + (" (canary)" if int(v) != policy["version"] else "") for v, w in split.items()
+        ]
+        guarded = policy.get("guard", {}).get("enabled", True)
+        text += ", ".join(parts) + (" — guarded" if guarded else " — unguarded")
+    else:
+        text += f"v{policy['version']}"
+    shadow = policy.get("shadow")
+    if shadow:
+        text += f"; shadow v{shadow['version']} at {shadow['sample'] * 100:g} %"
+    return text
 
 
 @models_app.command("delete")

@@ -36,8 +36,10 @@ __all__ = [
     "UtcDateTime",
     "alert_events",
     "alert_states",
+    "alias_policies",
     "aliases",
     "api_keys",
+    "canary_assignments",
     "drift_latest",
     "execution_events",
     "executions",
@@ -45,12 +47,16 @@ __all__ = [
     "limiter_buckets",
     "limiter_counters",
     "metadata",
+    "model_events",
     "model_versions",
     "models",
     "monitor_leases",
     "monitor_models",
     "registry_state",
+    "retrain_policies",
+    "shadow_stats",
     "telemetry_snapshots",
+    "train_runs",
     "usage_daily",
     "usage_plans",
     "users",
@@ -367,4 +373,103 @@ drift_latest = Table(
     Column("metric", String(16), primary_key=True),  # psi | ks | chi2 | output
     Column("value", Float, nullable=False),
     Column("evaluated_at", Float, nullable=False),
+)
+
+# -- lifecycle (migration 0006) ---------------------------------------------------------------
+
+#: An alias's traffic policy beyond its one version (``aliases.version`` stays the stable one):
+#: canary weights (JSON ``{"3": 90, "4": 10}``), the rollout guard (JSON), a shadow version with
+#: its sample and options (timeout, concurrency), and when the split / shadow were set.
+alias_policies = Table(
+    "alias_policies",
+    metadata,
+    Column("model", String(64), primary_key=True),
+    Column("alias", String(64), primary_key=True),
+    Column("split", Text, nullable=True),
+    Column("guard", Text, nullable=True),
+    Column("shadow_version", Integer, nullable=True),
+    Column("shadow_sample", Float, nullable=True),
+    Column("shadow_options", Text, nullable=True),
+    Column("split_since", Float, nullable=True),
+    Column("shadow_since", Float, nullable=True),
+    Column("updated_at", Float, nullable=False),
+)
+
+#: Which version each caller sees during a split: assigned at first sight so the callers on each
+#: version match the weights (a hash alone leaves ±2 % on 200 callers), then sticky.
+canary_assignments = Table(
+    "canary_assignments",
+    metadata,
+    Column("model", String(64), primary_key=True),
+    Column("alias", String(64), primary_key=True),
+    Column("identity", String(64), primary_key=True),  # sha256 hex of the key id / user
+    Column("version", Integer, nullable=False),
+    Column("assigned_at", Float, nullable=False),
+)
+
+#: A model's history: alias moves, splits, automatic rollbacks, shadows, train runs.
+model_events = Table(
+    "model_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model", String(64), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("alias", String(64), nullable=True),
+    Column("version", Integer, nullable=True),
+    Column("actor", String(160), nullable=True),
+    Column("detail", Text, nullable=False),  # JSON object
+    Index("ix_model_events_model_at", "model", "at"),
+)
+
+#: Train runs the server started (an admin's HTTP job, or a retrain on drift).
+train_runs = Table(
+    "train_runs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("model", String(64), nullable=False),
+    Column("recipe", String(255), nullable=False),
+    Column("trigger", String(16), nullable=False),  # http | drift | cli
+    Column("status", String(16), nullable=False),  # queued | running | succeeded | failed
+    Column("options", Text, nullable=False),  # JSON: seed, params, promote, min_improvement...
+    Column("actor", String(160), nullable=True),
+    Column("process", String(160), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Column("heartbeat_at", Float, nullable=True),
+    Column("progress", Text, nullable=True),
+    Column("version", Integer, nullable=True),
+    Column("decision", String(32), nullable=True),
+    Column("promoted", Boolean, nullable=True),
+    Column("report", Text, nullable=True),  # JSON: the gate report's summary
+    Column("error", Text, nullable=True),
+    Index("ix_train_runs_model_created", "model", "created_at"),
+)
+
+#: A model's opt-in to retraining when its drift alert fires.
+retrain_policies = Table(
+    "retrain_policies",
+    metadata,
+    Column("model", String(64), primary_key=True),
+    Column("on_drift", Boolean, nullable=False),
+    Column("recipe", String(255), nullable=False),
+    Column("alias", String(64), nullable=False),
+    Column("cooldown_s", Float, nullable=False),
+    Column("options", Text, nullable=False),  # JSON: seed, params, min_improvement
+    Column("last_started_at", Float, nullable=True),
+    Column("updated_at", Float, nullable=False),
+)
+
+#: Each process's running comparison of an alias's primary and shadow answers (JSON ``data``),
+#: merged when read.
+shadow_stats = Table(
+    "shadow_stats",
+    metadata,
+    Column("model", String(64), primary_key=True),
+    Column("alias", String(64), primary_key=True),
+    Column("process", String(160), primary_key=True),
+    Column("since", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("data", Text, nullable=False),
 )

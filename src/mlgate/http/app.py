@@ -229,6 +229,7 @@ def _build_fastapi(app: MlgateApp) -> FastAPI:
         routes_access,
         routes_admin,
         routes_alerts,
+        routes_aliases,
         routes_auth,
         routes_capture,
         routes_docs,
@@ -236,6 +237,8 @@ def _build_fastapi(app: MlgateApp) -> FastAPI:
         routes_models,
         routes_ops,
         routes_services,
+        routes_shadow,
+        routes_train,
         routes_v2,
         routes_workflows,
     )
@@ -257,12 +260,15 @@ def _build_fastapi(app: MlgateApp) -> FastAPI:
     api.include_router(routes_models.router)
     api.include_router(routes_v2.router)
     api.include_router(routes_admin.router)
+    api.include_router(routes_aliases.router)
     api.include_router(routes_auth.router)
     api.include_router(routes_access.router)
     api.include_router(routes_workflows.router)
     api.include_router(routes_capture.router)
     api.include_router(routes_drift.router)
     api.include_router(routes_alerts.router)
+    api.include_router(routes_train.router)  # train jobs, retrain on drift, history (issue 16)
+    api.include_router(routes_shadow.router)  # a shadow version's comparison (issue 16)
     for service in app.services:
         routes_services.mount(api, service)
     routes_docs.install(api, lambda: app.server)

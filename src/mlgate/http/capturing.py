@@ -16,6 +16,8 @@ import random
 
 from mlgate.http.exchange import Exchange
 from mlgate.http.wire import WireResponse
+from mlgate.monitoring.capture import SHADOW_PAIR
+from mlgate.monitoring.capture_format import event_id
 
 __all__ = ["capture_answer", "capture_bodies"]
 
@@ -42,7 +44,13 @@ def capture_bodies(
     if x.model is None or (rate < 1.0 and _draws.random() >= rate):
         return False
     try:
-        return x.server.capture.offer(
+        # A shadowed answer (mlgate.lifecycle.shadow): one context-variable read per captured
+        # record; its shadow's record will share this record's event id.
+        pair = SHADOW_PAIR.get()
+        if pair is not None and pair.model != x.model:
+            pair = None
+        eid = event_id() if pair is not None else None
+        queued = x.server.capture.offer(
             x.model,
             x.version,
             request_body,
@@ -53,7 +61,13 @@ def capture_bodies(
             request_id=x.request_id,
             key_id=x.key_id,
             status=status,
+            event_id=eid,
+            extra=(("role", "primary"), ("shadowVersion", str(pair.shadow))) if pair is not None else (),
         )
+        if queued and pair is not None:
+            pair.event_id, pair.request_body, pair.request_type = eid, request_body, request_type
+            pair.route, pair.request_id, pair.key_id = route or x.label, x.request_id, x.key_id
+        return queued
     except Exception:  # capture is never a reason to fail an answer
         log.exception("capture: could not offer a record of %s", x.model)
         return False

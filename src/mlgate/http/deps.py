@@ -22,6 +22,7 @@ from mlgate.server import Server
 from mlgate.types import Caller
 
 __all__ = [
+    "actor_of",
     "caller_of",
     "exchange_of",
     "json_body",
@@ -98,6 +99,11 @@ async def require_admin(request: Request) -> Caller:
     if caller.role != "admin":
         raise Forbidden("Forbidden")
     return caller
+
+
+def actor_of(caller: Caller) -> str:
+    """Who did it, for a model's history: ``key:<id>`` or ``user:<name>``."""
+    return f"user:{caller.username}" if caller.kind == "user" else f"key:{caller.id}"
 
 
 def starlette_endpoint(endpoint: WireEndpoint) -> Callable[[Request], Awaitable[Response]]:

@@ -20,7 +20,14 @@ import asyncio
 
 from mlgate.errors import MlgateError
 from mlgate.http.exchange import Exchange
-from mlgate.http.gateway import GatewayRejected, admit, known_model
+from mlgate.http.gateway import (
+    VERSION_HEADER,
+    GatewayRejected,
+    admit,
+    caller_identity,
+    known_model,
+    pinned_version,
+)
 from mlgate.http.serving import ServingRoutes, WireEndpoint
 from mlgate.http.wire import WireResponse
 from mlgate.payloads import read_body
@@ -65,7 +72,9 @@ def service_endpoint(adapter: RouteAdapter) -> WireEndpoint:
         try:
             payload = adapter.parse(x.body, x.content_type)
             await admit(x, model=adapter.model, declared=adapter.auth, original=adapter.render_error)
-            prediction = await x.server.dataplane.predict(adapter.model, payload)
+            prediction = await x.server.dataplane.predict(
+                adapter.model, payload, version=pinned_version(x), who=caller_identity(x)
+            )
         except GatewayRejected:
             raise
         except MlgateError as exc:
@@ -76,7 +85,7 @@ def service_endpoint(adapter: RouteAdapter) -> WireEndpoint:
         x.model = prediction.model
         x.version = str(prediction.version)
         status, body = adapter.render(prediction.output)
-        return WireResponse.json(body, status)
+        return WireResponse.json(body, status, {VERSION_HEADER: x.version})
 
     return endpoint
 
@@ -88,11 +97,16 @@ async def model_predict(x: Exchange) -> WireResponse:
     ref = version_ref(params["version"] if "version" in params else x.query_param("version"))
     payload = read_body(x.body, x.content_type)
     await admit(x, model=name, check=known_model(x, name, ref, [payload]))
-    prediction = await x.server.dataplane.predict(name, payload, version=ref)
+    pin = pinned_version(x)
+    if pin is not None:
+        ref = pin
+    prediction = await x.server.dataplane.predict(name, payload, version=ref, who=caller_identity(x))
     x.model = prediction.model
     x.version = str(prediction.version)
     return WireResponse.json(
-        {"model_name": prediction.model, "model_version": prediction.version, "outputs": prediction.output}
+        {"model_name": prediction.model, "model_version": prediction.version, "outputs": prediction.output},
+        200,
+        {VERSION_HEADER: x.version},
     )
 
 

@@ -14,13 +14,28 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mlgate.access.gate import Admission
-from mlgate.errors import InvalidInput, MlgateError, QuotaExceeded, Throttled, Unauthorized
+from mlgate.errors import Forbidden, InvalidInput, MlgateError, QuotaExceeded, Throttled, Unauthorized
 from mlgate.http.exchange import Exchange
 from mlgate.types import NAME_PATTERN, AuthMode, Caller
 
-__all__ = ["GatewayRejected", "Units", "admit", "authenticate", "bearer_of", "known_model"]
+__all__ = [
+    "PIN_HEADER",
+    "GatewayRejected",
+    "Units",
+    "admit",
+    "authenticate",
+    "bearer_of",
+    "caller_identity",
+    "known_model",
+    "pinned_version",
+]
 
 ErrorRenderer = Callable[[int, str], tuple[int, Any]]
+
+#: The request header that pins a version (admins only: testing a canary or a shadow).
+PIN_HEADER = b"x-mlgate-version"
+#: The answer header naming the version that answered (a split's callers see theirs).
+VERSION_HEADER = "X-Model-Version"
 
 
 class GatewayRejected(Exception):
@@ -151,3 +166,32 @@ async def authenticate(x: Exchange, *, model: str | None = None) -> Caller:
         raise _rejection(exc, {}, None) from None
     x.key_id = caller.id
     return caller
+
+
+def caller_identity(x: Exchange) -> str | None:
+    """Who a routed alias deals a sticky version to: the key's id (a bearer user's name), else
+    the client's address, else nobody (dealt at random)."""
+    if x.key_id is not None:
+        return x.key_id
+    return f"ip:{x.client}" if x.client else None
+
+
+def pinned_version(x: Exchange) -> int | None:
+    """The version an admitted admin pins with ``X-Mlgate-Version: N`` (None without the header).
+    Anyone else sending it gets a 403: a customer never chooses a canary by header."""
+    raw: bytes | None = None
+    for name, value in x.headers:
+        if name == PIN_HEADER:
+            raw = value
+            break
+    if raw is None:
+        return None
+    admission = x.admission
+    if admission is None or admission.caller.role != "admin":
+        if admission is not None:
+            x.unserved = admission.cost  # refused, not served: its quota units are given back
+        raise Forbidden("only an admin may pin a version with X-Mlgate-Version")
+    text = raw.decode("latin-1").strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 10 or not 1 <= int(text) < 2**31:
+        raise InvalidInput("X-Mlgate-Version is a version number")
+    return int(text)

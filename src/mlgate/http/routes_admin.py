@@ -16,7 +16,8 @@ from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 
 from mlgate.errors import ConfigurationError, InvalidInput, MlgateError
-from mlgate.http.deps import exchange_of, json_body, require_admin, server_of
+from mlgate.history import record_event
+from mlgate.http.deps import actor_of, exchange_of, json_body, require_admin, server_of
 from mlgate.http.jsonio import JSONResponse
 from mlgate.http.routes_models import version_json
 from mlgate.registration import runtime_for_suffix
@@ -318,29 +319,46 @@ class _SpooledForm:
 
 @router.put("/{name}/aliases/{alias}", summary="Point an alias at a version (promote / roll back)")
 async def set_alias(
-    name: str, alias: str, request: Request, _: Caller = Depends(require_admin)
+    name: str, alias: str, request: Request, caller: Caller = Depends(require_admin)
 ) -> JSONResponse:
     body = await json_body(request)
     version = body.get("version") if isinstance(body, dict) else None
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise InvalidInput('body must be {"version": <positive integer>}')
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version < 2**31:
+        raise InvalidInput('body must be {"version": <version number, 1 to 2147483647>}')
     server = server_of(request)
     info = await asyncio.to_thread(server.repository.get_version, name, version)
     # Load (and warm) the target first, so traffic switches to a ready model; an alias only ever
     # points at a version that loaded (one that failed before is tried again).
     await server.dataplane.ensure_loaded(info, retry=True)
+    before = await asyncio.to_thread(server.dataplane.policies.get, name, alias)
     await asyncio.to_thread(server.repository.set_alias, name, alias, version)
     server.dataplane.invalidate()
+    detail: dict[str, Any] = {"from": before.version if before is not None else None}
+    if before is not None and before.split:  # a move ends the split: say which
+        detail["ended_split"] = {str(v): w for v, w in before.split}
+    await asyncio.to_thread(
+        record_event,
+        server.repository.engine,
+        name,
+        "alias",
+        alias=alias,
+        version=version,
+        actor=actor_of(caller),
+        detail=detail,
+    )
     return JSONResponse({"model": name, "alias": alias, "version": version})
 
 
 @router.delete("/{name}/aliases/{alias}", summary="Remove an alias")
 async def delete_alias(
-    name: str, alias: str, request: Request, _: Caller = Depends(require_admin)
+    name: str, alias: str, request: Request, caller: Caller = Depends(require_admin)
 ) -> JSONResponse:
     server = server_of(request)
     await asyncio.to_thread(server.repository.delete_alias, name, alias)
     server.dataplane.invalidate()
+    await asyncio.to_thread(
+        record_event, server.repository.engine, name, "alias_deleted", alias=alias, actor=actor_of(caller)
+    )
     return JSONResponse({"model": name, "alias": alias, "deleted": True})
 
 

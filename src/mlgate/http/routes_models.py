@@ -19,7 +19,14 @@ from mlgate.http.deps import (
     version_ref,
 )
 from mlgate.http.endpoints import model_predict
-from mlgate.http.gateway import admit, authenticate, known_model
+from mlgate.http.gateway import (
+    VERSION_HEADER,
+    admit,
+    authenticate,
+    caller_identity,
+    known_model,
+    pinned_version,
+)
 from mlgate.http.jsonio import JSONResponse
 from mlgate.types import ModelInfo, VersionInfo
 
@@ -90,7 +97,7 @@ async def list_models(request: Request) -> JSONResponse:
 
 @router.get("/{name}", summary="Describe a model and every version's manifest")
 async def get_model(name: str, request: Request) -> JSONResponse:
-    await authenticate(exchange_of(request), model=name)
+    caller = await authenticate(exchange_of(request), model=name)
     server = server_of(request)
     model = await asyncio.to_thread(server.repository.get_model, name)
     versions = await asyncio.to_thread(server.repository.list_versions, name)
@@ -100,6 +107,11 @@ async def get_model(name: str, request: Request) -> JSONResponse:
         by_version.setdefault(v, []).append(alias)
     body = model_json(model, loaded)
     body["versions"] = [version_json(v, sorted(by_version.get(v.version, []))) for v in versions]
+    if caller.role == "admin":
+        # Canary splits and shadows (mlgate.policies): which versions take which share of an
+        # alias — an operator's business, not a customer's (who is dealt one version, sticky).
+        policies = await asyncio.to_thread(server.dataplane.policies.for_model, name)
+        body["policies"] = {alias: p.to_json() for alias, p in sorted(policies.items())}
     return JSONResponse(body)
 
 
@@ -112,7 +124,10 @@ async def _batch(request: Request, name: str, ref: str | int | None) -> JSONResp
         raise InvalidInput(f"a batch holds at most {MAX_BATCH_ITEMS} inputs")
     x = exchange_of(request)
     await admit(x, model=name, cost=len(inputs), check=known_model(x, name, ref, inputs))
-    info, results = await x.server.dataplane.predict_many(name, inputs, version=ref)
+    pin = pinned_version(x)
+    info, results = await x.server.dataplane.predict_many(
+        name, inputs, version=ref if pin is None else pin, who=caller_identity(x)
+    )
     x.model = info.model
     x.version = str(info.version)
     loaded = await x.server.dataplane.ensure_loaded(info)
@@ -124,7 +139,10 @@ async def _batch(request: Request, name: str, ref: str | int | None) -> JSONResp
                 x.unserved += 1 if loaded.processor is not None else loaded.runtime.units(item)
         else:
             out.append({"output": r.output})
-    response = JSONResponse({"model_name": info.model, "model_version": info.version, "results": out})
+    response = JSONResponse(
+        {"model_name": info.model, "model_version": info.version, "results": out},
+        headers={VERSION_HEADER: str(info.version)},
+    )
     rate = x.server.capture.rate(info.model)
     if rate > 0.0:  # data capture (one dict lookup when off)
         raw = await request.body()

@@ -17,7 +17,14 @@ from mlgate import __version__
 from mlgate.errors import InvalidInput
 from mlgate.http.capturing import capture_bodies
 from mlgate.http.deps import exchange_of, json_body, route_template, server_of, version_ref
-from mlgate.http.gateway import admit, authenticate, known_model
+from mlgate.http.gateway import (
+    VERSION_HEADER,
+    admit,
+    authenticate,
+    caller_identity,
+    known_model,
+    pinned_version,
+)
 from mlgate.http.jsonio import JSONResponse
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
@@ -161,7 +168,10 @@ async def _infer(request: Request, name: str, ref: str | int | None) -> JSONResp
         raise InvalidInput("an inference request needs at least one row (the first dimension is 0)")
     x = exchange_of(request)
     await admit(x, model=name, cost=max(1, int(rows)), check=known_model(x, name, ref))
-    info, outputs = await server_of(request).dataplane.infer_tensors(name, tensors, version=ref)
+    pin = pinned_version(x)
+    info, outputs = await server_of(request).dataplane.infer_tensors(
+        name, tensors, version=ref if pin is None else pin, who=caller_identity(x)
+    )
     x.model = info.model
     x.version = str(info.version)
     response: dict[str, Any] = {
@@ -171,7 +181,7 @@ async def _infer(request: Request, name: str, ref: str | int | None) -> JSONResp
     }
     if isinstance(body.get("id"), str):
         response["id"] = body["id"]
-    answer = JSONResponse(response)
+    answer = JSONResponse(response, headers={VERSION_HEADER: str(info.version)})
     rate = x.server.capture.rate(info.model)
     if rate > 0.0:  # data capture (one dict lookup when off)
         raw = await request.body()

@@ -9,11 +9,13 @@ promotion gate scores both versions on, the metric and its direction, the task k
 (``to_payload``) and how its answer reads back (``from_output``), so the current version is
 scored through the running server on exactly the same rows.
 
-Built-in recipes are named (``temperatura``); a user's recipe is ``package.module:function``.
+Built-in recipes are named (``temperatura``, ``cardiaco``); a user's recipe is
+``package.module:function``.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import tempfile
@@ -26,7 +28,15 @@ import numpy as np
 
 from mlgate.errors import InvalidInput
 
-__all__ = ["BUILTIN", "Recipe", "TrainResult", "parse_params", "resolve_recipe", "temperatura"]
+__all__ = [
+    "BUILTIN",
+    "Recipe",
+    "TrainResult",
+    "cardiaco",
+    "parse_params",
+    "resolve_recipe",
+    "temperatura",
+]
 
 Task = Literal["regression", "classification"]
 Direction = Literal["lower", "higher"]
@@ -241,4 +251,207 @@ def temperatura(data_dir: Path | None, seed: int, params: dict[str, Any]) -> Tra
     )
 
 
-BUILTIN: dict[str, Recipe] = {"temperatura": temperatura}
+# -- cardiaco -------------------------------------------------------------------------------------
+
+#: cardiaco's knobs and their defaults (the reference recipe's own: ``mlgate_services.cardiaco.recipe``)
+CARDIACO_PARAMS: dict[str, tuple[type, int | float, int | float]] = {
+    # name: (type, minimum, maximum)
+    "epochs": (int, 1, 100),
+    "hidden": (int, 2, 128),
+    "n_train": (int, 40, 8000),
+    "n_test": (int, 40, 2000),
+    "lr": (float, 1e-5, 1.0),
+}
+
+
+def _cardiaco_params(params: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(params) - set(CARDIACO_PARAMS)
+    if unknown:
+        known = ", ".join(CARDIACO_PARAMS)
+        raise InvalidInput(f"cardiaco takes the params {known}, not {', '.join(sorted(unknown))}")
+    out: dict[str, Any] = {}
+    for name, (kind, lo, hi) in CARDIACO_PARAMS.items():
+        if name not in params:
+            continue
+        value = params[name]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (kind is int and value != int(value))
+        ):
+            raise InvalidInput(f"cardiaco param {name} must be a{'n integer' if kind is int else ' number'}")
+        if not lo <= value <= hi:
+            raise InvalidInput(f"cardiaco param {name} must be between {lo:g} and {hi:g}")
+        out[name] = kind(value)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _cardiaco_test_set(seed: int) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+    """The reference held-out set (2,000 patients; ~1.5 s to generate and pre-process), kept for
+    the next run in this process. A run's rows are a prefix of it: the generator balances the
+    states over the whole set, so asking it for fewer patients would give other patients."""
+    from mlgate_services.cardiaco import recipe as cr
+
+    return cr.dataset(cr.SIZES["test"], seed=seed, first_id=cr.FIRST_IDS["test"])
+
+
+def cardiaco(data_dir: Path | None, seed: int, params: dict[str, Any]) -> TrainResult:
+    """The reference cardiac-state classifier (``mlgate_services.cardiaco.recipe``): the same LSTM,
+    data path (the synthetic generator through the *serving* pre-processing), epoch selection on a
+    validation set, ONNX export and check, so the candidate is served by the cardiaco service
+    exactly as the bundled version is (``POST /predict`` and ``/v1/models/cardiaco/predict``).
+
+    ``seed`` picks the training and validation patients and torch's seed (seed 0 = the reference
+    recipe's own seeds); the held-out patients are always the reference's test set (generator seed
+    33, ids from 3,000,000), which no version trained by either recipe has seen, so runs with any
+    seed are gated on the same rows. Params: ``epochs`` (default 30), ``hidden`` (32), ``n_train``
+    (4,000 patients), ``n_test`` (the first n of the 2,000 held-out patients), ``lr`` (3e-3).
+    Synthetic data, not clinical: the generator needs no ``data_dir``."""
+    if data_dir is not None:
+        raise InvalidInput("the cardiaco recipe trains on its synthetic generator: it takes no --data-dir")
+    knobs = _cardiaco_params(params)
+    try:
+        import torch
+    except ImportError:
+        raise InvalidInput(
+            "the cardiaco recipe needs torch: pip install 'mlgate[train-torch,train]' (the test "
+            "environment, .venv, has it: .venv/bin/mlgate train cardiaco …)"
+        ) from None
+    from mlgate_services.cardiaco import recipe as cr
+    from mlgate_services.cardiaco import service as cs
+    from mlgate_services.cardiaco.processing import STATES
+
+    if seed < 0:
+        raise InvalidInput("the seed must be ≥ 0")
+    seeds = {k: v + 1000 * seed for k, v in cr.SEEDS.items() if k != "test"} | {"test": cr.SEEDS["test"]}
+    epochs = int(knobs.get("epochs", cr.EPOCHS))
+    hidden = int(knobs.get("hidden", cr.HIDDEN))
+    n_train = int(knobs.get("n_train", cr.SIZES["train"]))
+    n_val = max(40, min(cr.SIZES["validation"], n_train // 5))
+    n_test = int(knobs.get("n_test", cr.SIZES["test"]))
+    lr = float(knobs.get("lr", cr.LEARNING_RATE))
+
+    x_train, y_train, train_patients = cr.dataset(
+        n_train, seed=seeds["train"], first_id=cr.FIRST_IDS["train"]
+    )
+    x_val, y_val, _ = cr.dataset(n_val, seed=seeds["validation"], first_id=cr.FIRST_IDS["validation"])
+    x_all, y_all, test_patients = _cardiaco_test_set(seeds["test"])
+    x_test, y_idx, test_patients = x_all[:n_test], y_all[:n_test], test_patients[:n_test]
+
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.manual_seed(seeds["torch"])
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)  # float reductions independent of the core count: same seed, same model
+    try:
+        model = cr.build_model(hidden)
+        optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+        xt, yt, xv = torch.from_numpy(x_train), torch.from_numpy(y_train), torch.from_numpy(x_val)
+        shuffle = torch.Generator().manual_seed(seeds["torch"])
+        best_acc, best_epoch, history = cr.fit_best_epoch(
+            model, optimiser, xt, yt, xv, y_val, epochs=epochs, shuffle=shuffle
+        )
+        model.eval()
+        with torch.no_grad():
+            torch_test = model(torch.from_numpy(x_test)[None]).numpy()[0]
+        blob = cr.export_onnx(model)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+    test_probabilities = cr._onnx_probabilities(blob, x_test)
+    max_diff = float(np.abs(test_probabilities - torch_test).max())
+    if max_diff > cr.ONNX_TOLERANCE:
+        raise InvalidInput(
+            f"cardiaco: onnxruntime differs from torch by {max_diff:g} (> {cr.ONNX_TOLERANCE:g})"
+        )
+    labels = np.asarray(STATES)
+
+    def predict(rows: np.ndarray) -> np.ndarray:
+        # What the served model answers: the ONNX graph on the served input, State = argmax.
+        out: np.ndarray = labels[
+            cr._onnx_probabilities(blob, np.asarray(rows, dtype=np.float32)).argmax(axis=1)
+        ]
+        return out
+
+    # A held-out row is a patient's model input (what the data hash covers); the server is sent
+    # that patient's long-format readings. Two patients with byte-identical inputs would get the
+    # same answer from any version, so looking the payload up by the row's bytes is exact.
+    by_row = {row.tobytes(): p for row, p in zip(x_test, test_patients, strict=True)}
+
+    def to_payload(row: np.ndarray) -> Any:
+        from mlgate_services.cardiaco import generator
+
+        return generator.to_columns([by_row[np.asarray(row, dtype=np.float32).tobytes()]])
+
+    def from_output(output: Any) -> Any:
+        if isinstance(output, list):  # one patient per request: one object (a list only for several)
+            output = output[0]
+        return str(output["State"]) if isinstance(output, Mapping) else str(output)
+
+    evaluation = cr.evaluate(test_probabilities, y_idx)
+    metrics: dict[str, Any] = {
+        **evaluation,
+        "n_train": len(y_train),
+        "n_validation": len(y_val),
+        "n_test": len(y_idx),
+        "validation_accuracy": round(best_acc, 4),
+        "best_epoch": best_epoch + 1,
+        "epochs": epochs,
+        "hidden": hidden,
+        "validation_accuracy_by_epoch": history,
+        "seeds": seeds,
+        "artifact_bytes": len(blob),
+        "onnx_max_abs_diff_vs_torch": float(f"{max_diff:.3g}"),
+        "torch_version": torch.__version__,
+        "data": "synthetic (mlgate_services.cardiaco.generator); not clinical data",
+    }
+    folder = Path(tempfile.mkdtemp(prefix="mlgate-train-cardiaco-"))
+    (folder / "model.onnx").write_bytes(blob)
+    baseline = cr._baseline(
+        train_patients, y_train, cr._onnx_probabilities(blob, x_train), test_probabilities
+    )
+    manifest = cs._manifest().model_dump(mode="json", exclude={"files"})
+    manifest.update(
+        description=(
+            f"Cardiac state from the last 20 five-minute readings of nine ICU vital signs (LSTM {hidden} "
+            f"hidden, {epochs} epochs, seed {seed}; mlgate train) — SYNTHETIC data, not for clinical use."
+        ),
+        metrics={
+            "accuracy": float(evaluation["accuracy"]),
+            "macro_f1": float(evaluation["macro_f1"]),
+            "n_test": float(len(y_idx)),
+            **{f"recall_{s}": float(evaluation["per_class"][s]["recall"]) for s in STATES},
+        },
+        params={
+            **(manifest.get("params") or {}),
+            "recipe": "cardiaco",
+            "recipe_params": dict(params),
+            "seed": seed,
+        },
+    )
+    return TrainResult(
+        artifact_dir=folder,
+        manifest=manifest,
+        x_test=x_test,
+        y_test=labels[y_idx],
+        predict=predict,
+        metric="accuracy",
+        direction="higher",
+        task="classification",
+        to_payload=to_payload,
+        from_output=from_output,
+        metrics=metrics,
+        baseline=baseline,
+        block_size=1,
+        data={
+            "source": "synthetic generator (mlgate_services.cardiaco.generator), not clinical data",
+            "train": f"{len(y_train)} patients, generator seed {seeds['train']}",
+            "held_out": f"the first {len(y_idx)} of the reference test set (generator seed {seeds['test']})",
+        },
+        scratch=True,
+    )
+
+
+BUILTIN: dict[str, Recipe] = {"temperatura": temperatura, "cardiaco": cardiaco}

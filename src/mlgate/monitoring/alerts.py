@@ -160,6 +160,8 @@ class AlertEngine:
         self._last_retention = 0.0
         self._stored_any = True  # whether alert_states may hold rows (checked on the first write)
         self._stopped = False
+        #: called with the alerts that just went to firing (the evaluator's thread; see subscribe)
+        self.subscribers: list[Callable[[list[AlertInstance], float], None]] = []
         metrics.process_resident_memory.set_function(resident_memory_bytes)
         metrics.process_memory_limit.set(memory_limit_bytes(self.config.memory_limit_bytes))
 
@@ -207,6 +209,12 @@ class AlertEngine:
                 log.exception("alert evaluation failed")
             await asyncio.sleep(max(0.0, self.interval_s - (loop.time() - started)))
 
+    def subscribe(self, subscriber: Callable[[list[AlertInstance], float], None]) -> None:
+        """Call ``subscriber(alerts, now)`` after each evaluation with the alerts that went to
+        firing in it (only in the lease holder, in its evaluation thread: keep it short; an
+        exception is logged, never stops the round). Retrain on drift uses it (lifecycle/retrain.py)."""
+        self.subscribers.append(subscriber)
+
     # ----------------------------------------------------------------- evaluation
 
     def tick(self, now: float | None = None) -> list[Notification]:
@@ -248,6 +256,12 @@ class AlertEngine:
         self.evaluations += 1
         notes = build_notifications(self, transitions, now)
         self._store(transitions, now)
+        fired = [t.alert for t in transitions if t.state == "firing"]
+        for subscriber in self.subscribers if fired else ():
+            try:
+                subscriber(fired, now)
+            except Exception:
+                log.exception("an alert subscriber failed")
         return notes
 
     def _step(self, rule: Rule, vector: promql.Vector, now: float) -> list[Transition]:

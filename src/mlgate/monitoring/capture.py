@@ -41,6 +41,7 @@ import random
 import time
 import uuid
 from collections import deque
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -77,8 +78,10 @@ __all__ = [
     "REDACTED",
     "REVIEW_MODEL",
     "SECRET_NAMES",
+    "SHADOW_PAIR",
     "Capture",
     "ModelCapture",
+    "ShadowPair",
     "build_record",
     "capture_prefix",
     "list_files",
@@ -133,6 +136,46 @@ class _Pending(NamedTuple):
     #: dicts made every full collection walk them (capture at 100 % cost ~20 % more CPU)
     attributes: tuple[str, ...]
     size: int
+    #: a shadowed call's records share one ``eventId`` (None: a fresh one) and carry ``role``…
+    event_id: str | None = None
+    extra: tuple[tuple[str, str], ...] = ()
+
+
+# -- shadow pairs (mlgate.lifecycle.shadow) ----------------------------------------------------
+
+
+class ShadowPair:
+    """The capture side of one shadowed call: set by the shadow hook in the caller's context
+    (:data:`SHADOW_PAIR`), filled by the edge's capture call when it captures the primary's
+    answer (its event id and request), read by the shadow's task to capture the shadow's answer
+    under the same event id. Only shadowed calls of a model with capture on make one."""
+
+    __slots__ = (
+        "event_id",
+        "key_id",
+        "model",
+        "primary",
+        "request_body",
+        "request_id",
+        "request_type",
+        "route",
+        "shadow",
+    )
+
+    def __init__(self, model: str, primary: int, shadow: int) -> None:
+        self.model = model
+        self.primary = primary
+        self.shadow = shadow
+        self.event_id: str | None = None
+        self.request_body = b""
+        self.request_type = ""
+        self.route = ""
+        self.request_id = ""
+        self.key_id: str | None = None
+
+
+#: The current request's shadow pair, if its prediction was shadowed (a request task's own context).
+SHADOW_PAIR: ContextVar[ShadowPair | None] = ContextVar("mlgate_shadow_pair", default=None)
 
 
 # -- the component -------------------------------------------------------------------------------
@@ -197,8 +240,12 @@ class Capture:
         request_id: str,
         key_id: str | None = None,
         status: int = 200,
+        event_id: str | None = None,
+        extra: tuple[tuple[str, str], ...] = (),
     ) -> bool:
-        """Queue one sampled exchange (O(1), never blocks); False if it was dropped (counted)."""
+        """Queue one sampled exchange (O(1), never blocks); False if it was dropped (counted).
+        ``event_id`` (default: a fresh one) and ``extra`` custom attributes pair a shadowed call's
+        two records."""
         attributes = (model, str(version or ""), route, request_id, key_id or "", str(status))
         return self._enqueue(
             _Pending(
@@ -212,6 +259,8 @@ class Capture:
                 response_type,
                 attributes,
                 len(request_body) + len(response_body),
+                event_id,
+                extra,
             )
         )
 
@@ -483,6 +532,8 @@ class Capture:
         try:
             names = _MODEL_ATTRIBUTES if item.kind == "model" else _REVIEW_ATTRIBUTES
             attributes = dict(zip(names, item.attributes, strict=True))
+            if item.extra:
+                attributes.update(item.extra)
             record = build_record(
                 request_body=item.request_body,
                 request_type=item.request_type,
@@ -492,6 +543,7 @@ class Capture:
                 attributes=attributes,
                 rules=rules,
                 inference_id=attributes.get("requestId") or None,
+                event_id=item.event_id,
             )
             return orjson.dumps(record)
         except Exception:

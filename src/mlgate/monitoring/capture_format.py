@@ -124,6 +124,9 @@ def event_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+_fresh_event_id = event_id  # build_record's parameter of that name shadows the function
+
+
 def iso_ms(when: float) -> str:
     """``when`` (epoch seconds) as SageMaker's ``inferenceTime``: ISO-8601 UTC, milliseconds.
     The date and time up to the second are formatted once per second (records come in order)."""
@@ -214,10 +217,12 @@ def build_record(
     attributes: Mapping[str, str],
     rules: Iterable[str] = (),
     inference_id: str | None = None,
+    event_id: str | None = None,
 ) -> dict[str, Any]:
-    """One SageMaker-shaped capture record (see the module's docstring)."""
+    """One SageMaker-shaped capture record (see the module's docstring); ``event_id``: a given
+    one (a shadowed call's two records share it), else a fresh one."""
     rules = tuple(rules)
-    metadata: dict[str, Any] = {"eventId": event_id()}
+    metadata: dict[str, Any] = {"eventId": event_id if event_id is not None else _fresh_event_id()}
     if inference_id:
         metadata["inferenceId"] = inference_id
     metadata["inferenceTime"] = iso_ms(when)

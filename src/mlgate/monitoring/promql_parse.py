@@ -42,14 +42,15 @@ _DURATION_UNITS = {
     "w": 604800.0,
     "y": 31536000.0,
 }
-_DURATION = re.compile(r"(?:\d+(?:ms|s|m|h|d|w|y))+")
-_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+# ASCII digits only (``\d`` also matches other scripts' digits), at most 18 per number.
+_DURATION = re.compile(r"(?:[0-9]{1,18}(?:ms|s|m|h|d|w|y))+", re.ASCII)
+_DURATION_PART = re.compile(r"([0-9]{1,18})(ms|s|m|h|d|w|y)", re.ASCII)
 
 
 def parse_duration(text: str) -> float:
     """``5m``, ``1h30m``, ``500ms``, ``0s`` → seconds (Prometheus' duration syntax)."""
     text = text.strip()
-    if not _DURATION.fullmatch(text):
+    if len(text) > 200 or not _DURATION.fullmatch(text):
         raise PromQLError(f"not a duration: {text!r} (use e.g. 30s, 5m, 1h30m)")
     return sum(int(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
 

@@ -112,6 +112,18 @@ DEFAULT_RULES: dict[str, Any] = {
                     },
                 },
                 {
+                    "alert": "MlgateCanaryRolledBack",
+                    "expr": "max by (model, alias, version) (mlgate_canary_rolled_back) > 0",
+                    "labels": {"severity": "warning"},
+                    "annotations": {
+                        "summary": "{{ $labels.model }} v{{ $labels.version }}: canary on alias "
+                        "{{ $labels.alias }} rolled back",
+                        "description": "The rollout guard took the canary's weight to 0: its error rate or "
+                        "p95 latency exceeded the stable version's by more than the alias's margin "
+                        "(the reason is in mlgate models history).",
+                    },
+                },
+                {
                     "alert": "MlgateCaptureDropping",
                     "expr": "increase(mlgate_capture_dropped_total[5m]) > 0",
                     "labels": {"severity": "warning"},

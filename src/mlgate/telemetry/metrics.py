@@ -177,6 +177,18 @@ class Metrics:
         self.queue_depth = Gauge(
             "mlgate_model_queue_depth", "requests waiting for a batch", labels, registry=r
         )
+        self.canary_rollbacks = Counter(
+            "mlgate_canary_rollbacks",
+            "canary versions the rollout guard took to weight 0 (this process decided)",
+            ("model", "alias", "version"),
+            registry=r,
+        )
+        self.canary_rolled_back = Gauge(
+            "mlgate_canary_rolled_back",
+            "1 for 15 minutes after this process's guard rolled a canary back (what the alert reads)",
+            ("model", "alias", "version"),
+            registry=r,
+        )
         self.gateway_rejections = Counter(
             "mlgate_gateway_rejections",
             "calls refused by the gateway (auth, throttle, quota)",
@@ -244,6 +256,39 @@ class Metrics:
         )
         self.capture_dropped = Counter(
             "mlgate_capture_dropped", "captured records dropped, by reason", ("model", "reason"), registry=r
+        )
+        # Shadow versions (lifecycle/shadow.py): calls by outcome (ok, error, timeout, busy = skipped
+        # over the cap), and this process's comparison figures, set at each flush (≤ 16 paths each).
+        shadow_labels = ("model", "alias", "shadow_version")
+        self.shadow_requests = Counter(
+            "mlgate_shadow_requests",
+            "shadow calls by outcome (ok, error, timeout, busy: skipped at the concurrency cap)",
+            (*shadow_labels, "outcome"),
+            registry=r,
+        )
+        self.shadow_agreement = Gauge(
+            "mlgate_shadow_agreement_ratio",
+            "share of shadowed answers whose labels all agree with the primary's (this process)",
+            shadow_labels,
+            registry=r,
+        )
+        self.shadow_abs_delta = Gauge(
+            "mlgate_shadow_abs_delta",
+            "|shadow - primary| of a numeric output, by output path and quantile (this process)",
+            (*shadow_labels, "path", "quantile"),
+            registry=r,
+        )
+        self.shadow_rel_delta = Gauge(
+            "mlgate_shadow_rel_delta",
+            "|shadow - primary| / |primary| of a numeric output, by path and quantile (this process)",
+            (*shadow_labels, "path", "quantile"),
+            registry=r,
+        )
+        self.shadow_latency_delta = Gauge(
+            "mlgate_shadow_latency_delta_seconds",
+            "shadow latency quantile minus the primary's (this process)",
+            (*shadow_labels, "quantile"),
+            registry=r,
         )
 
     def track_queue(self, model: str, version: int, depth: Callable[[], int]) -> None:

@@ -139,6 +139,12 @@ class WorkflowObserver(Protocol):
 
 #: The workflow whose task is running (this task's), for :meth:`WorkflowObserver.model_invoked`.
 _WORKFLOW: ContextVar[str] = ContextVar("mlgate_workflow", default="")
+#: The execution a task runs in: a routed alias (a canary split) deals it one sticky version.
+_EXECUTION: ContextVar[str] = ContextVar("mlgate_execution", default="")
+
+
+def _execution_of(call: TaskCall) -> str:
+    return f"execution:{call.execution_id}" if call.execution_id else ""
 
 
 def _workflow_of(call: TaskCall) -> str:
@@ -271,6 +277,7 @@ class Actions:
     ) -> Any:
         """Run one task: a native resource, or an AWS one through ``mapping``."""
         _WORKFLOW.set(_workflow_of(call))  # named in data capture's records of model calls
+        _EXECUTION.set(_execution_of(call))
         resource = call.resource
         if resource.startswith("mlgate:"):
             if resource == "mlgate:store:get":
@@ -431,7 +438,9 @@ class Actions:
         if self.dataplane is None:
             raise TaskFailure("Model.NotFound", "this server serves no models")
         try:
-            prediction = await self.dataplane.predict(model, payload, version=_version(version))
+            prediction = await self.dataplane.predict(
+                model, payload, version=_version(version), who=_EXECUTION.get() or None
+            )
         except MlgateError as exc:
             raise _model_failure(exc, as_lambda=as_lambda) from None
         if self.observer is not None:

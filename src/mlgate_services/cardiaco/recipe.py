@@ -259,10 +259,40 @@ def write_baseline(out_dir: Path = ARTIFACT_DIR) -> dict[str, Any]:
     return baseline
 
 
+def fit_best_epoch(
+    model: Any, optimiser: Any, xt: Any, yt: Any, xv: Any, y_val: np.ndarray, *, epochs: int, shuffle: Any
+) -> tuple[float, int, list[float]]:
+    """Train ``epochs`` epochs (shuffled minibatches of ``BATCH``, clipped gradients) and keep the
+    weights of the epoch with the best validation accuracy (loaded into ``model`` at the end);
+    returns that accuracy, its epoch (from 0) and each epoch's. Shared with ``mlgate train cardiaco``."""
+    import torch
+    from torch.nn import functional
+
+    best: tuple[float, int, dict[str, Any]] = (-1.0, -1, {})
+    history = []
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(xt), generator=shuffle)
+        for i in range(0, len(order), BATCH):
+            idx = order[i : i + BATCH]
+            loss = functional.cross_entropy(model.logits(xt[idx]), yt[idx])
+            optimiser.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimiser.step()
+        model.eval()
+        with torch.no_grad():
+            val_acc = float((model.logits(xv).argmax(1).numpy() == y_val).mean())
+        history.append(round(val_acc, 4))
+        if val_acc > best[0]:
+            best = (val_acc, epoch, copy.deepcopy(model.state_dict()))
+    model.load_state_dict(best[2])
+    return best[0], best[1], history
+
+
 def train(out_dir: Path) -> dict[str, Any]:
     """Train, evaluate, export and write ``model.onnx``, ``metrics.json`` and ``baseline.json``."""
     import torch
-    from torch.nn import functional
 
     started = time.perf_counter()
     torch.manual_seed(SEEDS["torch"])
@@ -283,25 +313,9 @@ def train(out_dir: Path) -> dict[str, Any]:
         xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
         xv = torch.from_numpy(x_val)
         shuffle = torch.Generator().manual_seed(SEEDS["torch"])
-        best: tuple[float, int, dict[str, Any]] = (-1.0, -1, {})
-        history = []
-        for epoch in range(EPOCHS):
-            model.train()
-            order = torch.randperm(len(xt), generator=shuffle)
-            for i in range(0, len(order), BATCH):
-                idx = order[i : i + BATCH]
-                loss = functional.cross_entropy(model.logits(xt[idx]), yt[idx])
-                optimiser.zero_grad()
-                loss.backward()  # type: ignore[no-untyped-call]
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimiser.step()
-            model.eval()
-            with torch.no_grad():
-                val_acc = float((model.logits(xv).argmax(1).numpy() == y_val).mean())
-            history.append(round(val_acc, 4))
-            if val_acc > best[0]:
-                best = (val_acc, epoch, copy.deepcopy(model.state_dict()))
-        model.load_state_dict(best[2])
+        best_acc, best_epoch, history = fit_best_epoch(
+            model, optimiser, xt, yt, xv, y_val, epochs=EPOCHS, shuffle=shuffle
+        )
         model.eval()
         with torch.no_grad():
             torch_test = model(torch.from_numpy(x_test)[None]).numpy()[0]
@@ -321,8 +335,8 @@ def train(out_dir: Path) -> dict[str, Any]:
         "n_train": len(y_train),
         "n_validation": len(y_val),
         "n_test": len(y_test),
-        "validation_accuracy": round(best[0], 4),
-        "best_epoch": best[1] + 1,
+        "validation_accuracy": round(best_acc, 4),
+        "best_epoch": best_epoch + 1,
         "epochs": EPOCHS,
         "validation_accuracy_by_epoch": history,
         "seeds": SEEDS,

@@ -372,6 +372,7 @@ def test_defaults_and_replacement_by_the_rules_file(tmp_path: Path) -> None:
         "MlgateMemoryHigh",
         "MlgateQuotaNearlyUsed",
         "MlgateDriftPsiHigh",
+        "MlgateCanaryRolledBack",
         "MlgateCaptureDropping",
     ]
     path = tmp_path / "r.yml"
@@ -379,7 +380,7 @@ def test_defaults_and_replacement_by_the_rules_file(tmp_path: Path) -> None:
         "groups:\n  - name: mine\n    rules:\n      - alert: MlgateMemoryHigh\n        expr: up > 2\n"
     )
     rules = load_rules(AlertSettings(rules_file=path))
-    assert len(rules) == 6 and rules[-1].group == "mine" and rules[-1].expr == "up > 2"
+    assert len(rules) == 7 and rules[-1].group == "mine" and rules[-1].expr == "up > 2"
     # exported and read back: the same rules
     again = parse_rules(__import__("yaml").safe_load(export_rules_yaml(rules)), source="export")
     assert [(r.name, r.expr, r.for_s, r.labels, r.annotations) for r in again] == [

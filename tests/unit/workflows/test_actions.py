@@ -268,7 +268,7 @@ def test_model_errors_become_named_task_failures(plane: Callable[[], DataPlane])
 class Busy:
     """A dataplane stand-in that is always overloaded."""
 
-    async def predict(self, name: str, payload: Any, *, version: Any = None) -> Any:
+    async def predict(self, name: str, payload: Any, *, version: Any = None, who: Any = None) -> Any:
         from mlgate.errors import Overloaded
 
         raise Overloaded("queue full", retry_after=1.0)
@@ -281,6 +281,27 @@ def test_overload_is_lambda_throttling_for_mapped_lambdas() -> None:
     assert native.error == "Model.Overloaded"
     arn = "arn:aws:lambda:us-east-1:123456789012:function:classify"
     assert failure(actions.run(call(arn, {}), mapping)).error == "Lambda.TooManyRequestsException"
+
+
+class Recorder:
+    """A dataplane stand-in that records who each prediction was for."""
+
+    def __init__(self) -> None:
+        self.callers: list[Any] = []
+
+    async def predict(self, name: str, payload: Any, *, version: Any = None, who: Any = None) -> Any:
+        from mlgate.dataplane import Prediction
+
+        self.callers.append(who)
+        return Prediction(name, 1, 0)
+
+
+def test_a_model_task_is_dealt_its_version_as_its_execution() -> None:
+    """A routed alias (a canary split) deals each execution one sticky version."""
+    plane = Recorder()
+    actions = Actions(dataplane=plane, buckets=None)  # type: ignore[arg-type]
+    run(actions.run(call("mlgate:model:invoke", {"model": "m", "input": 1}), NONE))
+    assert plane.callers == [f"execution:{call('x', None).execution_id}"]
 
 
 # -- python functions -----------------------------------------------------------------------
