@@ -12,11 +12,11 @@ for it get the recorded reason (503) without a new attempt for ``RETRY_FAILED_S`
 A pushed version is loaded and warmed up by :meth:`DataPlane.trial_load` before it is registered.
 
 An alias with a traffic policy (:mod:`mlgate.policies`: a canary split, a shadow) is *routed*:
-its resolution carries the policy, each caller (``who``: a key id, a user, a workflow
-execution) is dealt its sticky version, the split's answers are counted for the rollout guard
-(:mod:`mlgate.routing`; a breach goes to ``on_breach``), and a sampled request is handed to
-``on_shadow`` after its answer (:mod:`mlgate.lifecycle.shadow`). An alias without one costs a
-request nothing more than an ``is None`` check.
+its resolution carries the policy, and :attr:`DataPlane.router` (:mod:`mlgate.routing`) deals
+each caller (``who``: a key id, a user, a workflow execution) its sticky version and counts the
+split's answers for the rollout guard (a breach goes to ``router.on_breach``); a sampled request
+is handed to ``on_shadow`` after its answer (:mod:`mlgate.lifecycle.shadow`). An alias without
+one costs a request nothing more than an ``is None`` check.
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ from mlgate.errors import (
     exception_summary,
     register_private_path,
 )
-from mlgate.policies import AliasPolicy, Policies, bucket_version, identity_hash
+from mlgate.policies import AliasPolicy, Policies
 from mlgate.repository import DEFAULT_ALIAS, Repository
-from mlgate.routing import Breach, GuardWindow
+from mlgate.routing import Route, Router
 from mlgate.runtimes import create_runtime
 from mlgate.runtimes.base import LoadContext, ModelRuntime
 from mlgate.settings import Settings
@@ -57,7 +57,7 @@ from mlgate.telemetry.context import current_request_id
 from mlgate.telemetry.metrics import Metrics, ModelMetrics
 from mlgate.types import Manifest, Processor, VersionInfo
 
-__all__ = ["RETRY_FAILED_S", "DataPlane", "LoadedModel", "Prediction", "Route"]
+__all__ = ["RETRY_FAILED_S", "DataPlane", "LoadedModel", "Prediction"]
 
 log = logging.getLogger("mlgate.dataplane")
 
@@ -72,21 +72,7 @@ class Prediction:
     output: Any
 
 
-@dataclass(slots=True)
-class Route:
-    """A routed alias's resolution: its policy and, for a split, the guard's window."""
-
-    policy: AliasPolicy
-    window: GuardWindow | None
-
-
-#: Callers dealt by hash instead of a stored assignment: client addresses, workflow executions.
-_HASHED = ("ip:", "execution:")
-#: Callers' assigned versions kept per split in a process before the cache starts over.
-_ASSIGNED_CACHE = 100_000
-
 ShadowHook = Callable[[AliasPolicy, Prediction, Any, float], None]
-BreachHook = Callable[[Breach], None]
 
 
 @dataclass(slots=True)
@@ -121,8 +107,9 @@ class DataPlane:
         self.settings = settings
         self.repository = repository
         self.policies = policies or Policies(repository.engine)
-        #: called with a canary's first guard breach in this process (the lifecycle rolls it back)
-        self.on_breach: BreachHook | None = None
+        #: routed aliases' guard windows and callers' versions (``router.on_breach``: the lifecycle
+        #: rolls a canary back)
+        self.router = Router(self.policies, metrics)
         #: called after a sampled routed prediction: (policy, the answer, its payload, seconds)
         self.on_shadow: ShadowHook | None = None
         self.cache = cache
@@ -142,10 +129,6 @@ class DataPlane:
         self._serving: dict[tuple[str, str | int | None], tuple[float, LoadedModel, Route | None]] = {}
         # (name, ref) -> the routed alias's Route (None: a plain one), as long as the resolution
         self._routes: dict[tuple[str, str | int | None], Route | None] = {}
-        # (model, alias, split_since) -> the split's guard window / callers' assigned versions
-        self._windows: dict[tuple[str, str, float | None], GuardWindow] = {}
-        self._assigned: dict[tuple[str, str, float | None], dict[str, int]] = {}
-        self._assigning: dict[tuple[str, str, float | None], asyncio.Lock] = {}
         # (model, version) -> (monotonic time of the failed attempt, its public reason)
         self._failed: dict[tuple[str, int], tuple[float, str]] = {}
         self.ready = False
@@ -234,7 +217,7 @@ class DataPlane:
                 del self._resolving[key]
         if epoch == self._alias_epoch:  # not invalidated meanwhile
             self._aliases[key] = (now, info)
-            self._routes[key] = self._route_for(policy) if policy is not None else None
+            self._routes[key] = self.router.route_for(policy) if policy is not None else None
         return info
 
     def _resolve_with_policy(
@@ -247,24 +230,6 @@ class DataPlane:
         if policy is None or not policy.routed or policy.version != info.version:
             return info, None
         return info, policy
-
-    def _route_for(self, policy: AliasPolicy) -> Route:
-        window = None
-        if policy.splitting:
-            wkey = (policy.model, policy.alias, policy.split_since)
-            window = self._windows.get(wkey)
-            if window is None:
-                for old in [k for k in self._windows if k[:2] == wkey[:2]]:  # an earlier split's
-                    self._windows.pop(old, None)
-                    self._assigned.pop(old, None)
-                    self._assigning.pop(old, None)
-                window = self._windows[wkey] = GuardWindow(policy)
-                for version, _ in policy.split:  # the rollback counter at 0 from the start
-                    if version != policy.version:
-                        self.metrics.canary_rollbacks.labels(policy.model, policy.alias, str(version))
-            else:
-                window.policy = policy  # the same split, weights maybe changed by a rollback
-        return Route(policy, window)
 
     def policy_of(self, name: str, ref: str | int | None = None) -> AliasPolicy | None:
         """The routed policy of the last resolution of ``(name, ref)`` in this process, if any."""
@@ -436,35 +401,19 @@ class DataPlane:
             prediction = await self._serve(stable, payload)
             self._maybe_shadow(policy, prediction, payload, time.perf_counter() - started)
             return prediction
-        version = await self.version_for(route, who)
+        version = await self.router.version_for(route, who)
         loaded = stable if version == stable.info.version else await self._pinned(policy.model, version)
         started = time.perf_counter()
         try:
             prediction = await self._serve(loaded, payload)
         except MlgateError as exc:
-            self._observe(window, version, exc.status >= 500, time.perf_counter() - started)
+            self.router.observe(window, version, exc.status >= 500, time.perf_counter() - started)
             raise
         elapsed = time.perf_counter() - started
-        self._observe(window, version, False, elapsed)
+        self.router.observe(window, version, False, elapsed)
         if version == policy.version:  # the shadow compares with the stable's answers
             self._maybe_shadow(policy, prediction, payload, elapsed)
         return prediction
-
-    def _observe(self, window: GuardWindow, version: int, failed: bool, seconds: float) -> None:
-        breach = window.observe(version, failed, seconds)
-        if breach is not None:
-            log.warning(
-                "canary %s v%s (alias %s) fails its guard: %s",
-                breach.policy.model,
-                breach.version,
-                breach.policy.alias,
-                breach.reason,
-            )
-            if self.on_breach is not None:
-                try:
-                    self.on_breach(breach)
-                except Exception:
-                    log.exception("the canary rollback of %s v%s failed", breach.policy.model, breach.version)
 
     def _maybe_shadow(
         self, policy: AliasPolicy, prediction: Prediction, payload: Any, seconds: float
@@ -486,37 +435,6 @@ class DataPlane:
         loaded, _ = await self._current(name, version)
         return loaded
 
-    async def version_for(self, route: Route, who: str | None) -> int:
-        """The version ``who`` sees under the route's split: a key's or user's sticky assignment
-        (stored once, the first time it is seen), a client address's or execution's by hash, an
-        anonymous caller's at random; the stable if that version's weight is now 0."""
-        policy = route.policy
-        if not policy.splitting:
-            return policy.version
-        if who is None:
-            version = bucket_version(policy, identity_hash(f"anon:{_draws.random()}"))
-        elif who.startswith(_HASHED):
-            # Addresses and executions are not stored (a client choosing new addresses must not
-            # turn each request into a database write): dealt by hash, sticky as long as they are.
-            version = bucket_version(policy, identity_hash(who))
-        else:
-            skey = (policy.model, policy.alias, policy.split_since)
-            assigned = self._assigned.get(skey)
-            if assigned is None:
-                assigned = self._assigned[skey] = {}
-            found = assigned.get(who)
-            if found is None:
-                lock = self._assigning.setdefault(skey, asyncio.Lock())
-                async with lock:  # one assignment at a time per split: the counts stay balanced
-                    found = assigned.get(who)
-                    if found is None:
-                        found = await asyncio.to_thread(self.policies.assign, policy, who)
-                        if len(assigned) >= _ASSIGNED_CACHE:
-                            assigned.clear()
-                        assigned[who] = found
-            version = found
-        return version if policy.weight(version) > 0 else policy.version
-
     async def choose(
         self, name: str, ref: str | int | None, who: str | None
     ) -> tuple[VersionInfo, LoadedModel]:
@@ -524,7 +442,7 @@ class DataPlane:
         serve many rows at once (batch, tensors) follow the alias's split this way."""
         loaded, route = await self._current(name, ref)
         if route is not None and route.window is not None:
-            version = await self.version_for(route, who)
+            version = await self.router.version_for(route, who)
             if version != loaded.info.version:
                 loaded = await self._pinned(name, version)
         return loaded.info, loaded

@@ -83,7 +83,7 @@ class Server:
     workflows: WorkflowService | None = None
     #: training runs as background jobs (lifecycle/jobs.py; built by :meth:`start`)
     train_jobs: TrainJobs | None = None
-    #: rolls failing canaries back (the dataplane's ``on_breach``; set up by :meth:`start`)
+    #: rolls failing canaries back (the dataplane router's ``on_breach``; set up by :meth:`start`)
     canary: CanaryGuardian | None = None
     #: mirrors shadowed aliases' traffic and compares (the dataplane's ``on_shadow``; :meth:`start`)
     shadow: ShadowRunner | None = None
@@ -194,7 +194,7 @@ class Server:
         self.canary = CanaryGuardian(
             dataplane=self.dataplane, policies=self.dataplane.policies, metrics=self.metrics
         )
-        self.dataplane.on_breach = self.canary.on_breach
+        self.dataplane.router.on_breach = self.canary.on_breach
         self.shadow = ShadowRunner(
             dataplane=self.dataplane,
             engine=self.repository.engine,

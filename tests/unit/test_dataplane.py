@@ -573,7 +573,7 @@ def test_a_split_alias_deals_each_caller_one_version_and_counts_for_the_guard(li
         info, results = await plane.predict_many("lin", [[1, 1], [2, 2]], who="key-3")
         batch = {r.version for r in results if isinstance(r, Prediction)}
         assert info.version in batch
-        window = next(iter(plane._windows.values()))
+        window = next(iter(plane.router.windows.values()))
         counted = sum(c.requests for c in window.counts.values())
         # Anonymous callers are dealt by chance: over 100 of them both versions answer.
         anonymous = {(await plane.predict("lin", [1, 1])).version for _ in range(100)}
