@@ -10,6 +10,9 @@ never in its argv (visible in ``ps``), never logged nor stored. The child report
 and, at the end, its report as JSON lines on stdout; everything else it prints is kept as the
 last ``train.output_lines`` lines (each cut to 400 characters), logged by the server when it fails
 (never in the API: a traceback names the server's files).
+The child's side (reading its environment, running the fit, writing those lines) is
+:mod:`mlgate.lifecycle.job_child`; this module is the manager (:class:`TrainJobs`: start, watch,
+heartbeat, finish, list) and, run as ``python -m``, delegates to the child's :func:`main`.
 
 **One run at a time per model**, across processes and replicas: a run holds the
 ``train:<model>`` lease (:mod:`mlgate.monitoring.lease`, holder = the run id), renewed by its
@@ -18,10 +21,9 @@ watcher thread every ``heartbeat_s`` along with the row's ``heartbeat_at``. A se
 ``stale_s`` any process marks it failed and its lease expires, so it never blocks the model
 for ever. ``timeout_s`` bounds a run's wall time (the child is killed).
 
-**Which recipes**: the built-in ones always; a user's ``module:function`` only when listed in
-``train.recipes`` (``module:function`` exactly, or ``module:*``), since importing a module runs
-its code in the child with an admin key. ``data_dir`` is not accepted over HTTP (a server
-path); the built-in recipes use their own data.
+**Which recipes** may run, and what a request holds (:class:`TrainRequest`,
+:func:`parse_request`, :func:`check_recipe`, re-exported here), is
+:mod:`mlgate.lifecycle.job_request`.
 
 Every finished run (succeeded or failed) is a ``train`` event in the model's history.
 """
@@ -31,27 +33,25 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import subprocess
 import sys
 import threading
 import time
-import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, insert, select, update
 
 from mlgate.db.tables import train_runs
-from mlgate.errors import Conflict, Forbidden, InvalidInput, NotFound
+from mlgate.errors import Conflict, NotFound
 from mlgate.history import record_event
+from mlgate.lifecycle.job_child import ENV_KEY, ENV_SPEC, ENV_URL, main
+from mlgate.lifecycle.job_request import TrainRequest, check_recipe, parse_request
 from mlgate.monitoring.lease import Lease, process_id
-from mlgate.types import NAME_PATTERN
 
 if TYPE_CHECKING:
     from mlgate.access.keys import KeyStore
@@ -72,117 +72,9 @@ log = logging.getLogger("mlgate.train")
 
 ACTIVE = ("queued", "running")
 TRIGGERS = ("http", "drift", "cli")
-#: bounds of what a caller may send (the options are stored with the run)
-MAX_PARAMS = 32
-MAX_PARAMS_BYTES = 4096
 MAX_LINE_CHARS = 400
 #: the child's stdout lines are read at most this long (a report line included)
 MAX_LINE_BYTES = 4 * 1024 * 1024
-_ENV_SPEC = "MLGATE_TRAIN_SPEC"
-_ENV_URL = "MLGATE_TRAIN_URL"
-_ENV_KEY = "MLGATE_TRAIN_KEY"  # the variable's name, not a secret
-
-
-@dataclass(frozen=True)
-class TrainRequest:
-    """What one run does (validated: :func:`parse_request`)."""
-
-    recipe: str
-    model: str
-    seed: int = 0
-    params: dict[str, Any] = field(default_factory=dict)
-    #: move this alias when the gate passes (None: compare with ``alias``, move nothing)
-    promote: str | None = None
-    alias: str = "production"
-    min_improvement: float = 0.0
-    dry_run: bool = False
-
-    def options(self) -> dict[str, Any]:
-        return {
-            "seed": self.seed,
-            "params": self.params,
-            "promote": self.promote,
-            "alias": self.alias,
-            "min_improvement": self.min_improvement,
-            "dry_run": self.dry_run,
-        }
-
-
-def _name(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not NAME_PATTERN.match(value):
-        raise InvalidInput(f"{what} must match {NAME_PATTERN.pattern} (lowercase letters, digits, _ and -)")
-    return value
-
-
-def parse_request(body: Any, *, default_model: str | None = None) -> TrainRequest:
-    """A JSON body (``{"recipe", "model"?, "seed"?, "params"?, "promote"?, "alias"?,
-    "min_improvement"?, "dry_run"?}``) → a request; anything malformed is a 400."""
-    if not isinstance(body, Mapping):
-        raise InvalidInput("the body is a JSON object: {'recipe': ..., 'model'?, 'seed'?, 'params'?, ...}")
-    known = {"recipe", "model", "seed", "params", "promote", "alias", "min_improvement", "dry_run"}
-    unknown = set(body) - known
-    if unknown:
-        raise InvalidInput(
-            f"unknown fields: {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})"
-        )
-    recipe = body.get("recipe")
-    if not isinstance(recipe, str) or not recipe or len(recipe) > 255:
-        raise InvalidInput("'recipe' is a built-in recipe's name or module:function (≤ 255 characters)")
-    if ":" in recipe and body.get("model") is None and default_model is None:
-        raise InvalidInput("a module:function recipe needs 'model'")
-    model = _name(body.get("model") or default_model or recipe, "'model'")
-    seed = body.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
-        raise InvalidInput("'seed' is an integer from 0 to 2^31 - 1")
-    params = body.get("params")
-    if params is None:
-        params = {}
-    if not isinstance(params, Mapping) or not all(isinstance(k, str) for k in params):
-        raise InvalidInput("'params' is an object of the recipe's parameters")
-    if len(params) > MAX_PARAMS or len(json.dumps(params, default=str)) > MAX_PARAMS_BYTES:
-        raise InvalidInput(f"'params' holds at most {MAX_PARAMS} entries and {MAX_PARAMS_BYTES} bytes")
-    promote = body.get("promote")
-    if promote is not None:
-        promote = _name(promote, "'promote' (an alias)")
-    alias = _name(body.get("alias") or promote or "production", "'alias'")
-    if promote is not None and alias != promote:
-        raise InvalidInput("'alias' and 'promote' name the same alias when both are given")
-    minimum = body.get("min_improvement", 0.0)
-    if isinstance(minimum, bool) or not isinstance(minimum, int | float) or not math.isfinite(minimum):
-        raise InvalidInput("'min_improvement' is a finite number")
-    dry_run = body.get("dry_run", False)
-    if not isinstance(dry_run, bool):
-        raise InvalidInput("'dry_run' is true or false")
-    return TrainRequest(
-        recipe=recipe,
-        model=model,
-        seed=seed,
-        params=dict(params),
-        promote=promote,
-        alias=alias,
-        min_improvement=float(minimum),
-        dry_run=dry_run,
-    )
-
-
-def check_recipe(recipe: str, allowed: list[str]) -> None:
-    """Built-in recipes always; ``module:function`` only when ``allowed`` lists it (exactly, or as
-    ``module:*``): a 403 otherwise. Nothing is imported here (the child imports it)."""
-    from mlgate.lifecycle.recipes import BUILTIN
-
-    if recipe in BUILTIN:
-        return
-    module, sep, attr = recipe.partition(":")
-    if not sep or not module or not attr:
-        known = ", ".join(sorted(BUILTIN))
-        raise InvalidInput(f"unknown recipe {recipe!r}: a built-in one ({known}) or module:function")
-    if recipe in allowed or f"{module}:*" in allowed:
-        return
-    raise Forbidden(
-        f"recipe {recipe!r} is not allowed over HTTP: list it in the server's train.recipes setting "
-        "(MLGATE_TRAIN__RECIPES); the built-in recipes are always allowed",
-        details={"recipe": recipe},
-    )
 
 
 def _lease_name(model: str) -> str:
@@ -308,7 +200,7 @@ class TrainJobs:
             return self.get(run_id)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLGATE_")}
         spec = {"recipe": request.recipe, "model": request.model, **request.options()}
-        env.update({_ENV_SPEC: json.dumps(spec), _ENV_URL: self.url, _ENV_KEY: secret})
+        env.update({ENV_SPEC: json.dumps(spec), ENV_URL: self.url, ENV_KEY: secret})
         env.setdefault("PYTHONUNBUFFERED", "1")
         try:
             proc = subprocess.Popen(  # our own interpreter and module, no shell
@@ -674,66 +566,6 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
         "gate": report,
         "error": row["error"],
     }
-
-
-# --------------------------------------------------------------------------- the child
-
-
-def _emit(kind: str, **fields: Any) -> None:
-    sys.stdout.write(json.dumps({"mlgate-train": kind, **fields}, default=str) + "\n")
-    sys.stdout.flush()
-
-
-def main() -> int:
-    """The child: ``python -m mlgate.lifecycle.jobs`` with the spec, URL and key in its environment
-    (removed from it at once, so a recipe cannot read the key back from ``os.environ``)."""
-    import httpx
-
-    from mlgate.errors import MlgateError
-    from mlgate.lifecycle.gate import GateConfig
-    from mlgate.lifecycle.train import TrainError, run_train
-
-    try:
-        spec = json.loads(os.environ.pop(_ENV_SPEC))
-        url = os.environ.pop(_ENV_URL)
-        key = os.environ.pop(_ENV_KEY)
-    except (KeyError, ValueError):
-        _emit("error", error="started without its spec, URL and key (the server starts this module)")
-        return 2
-    last = [0.0]
-
-    def progress(phase: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done in (0, total) or now - last[0] >= 0.5:  # bounded: at most ~2 lines a second
-            last[0] = now
-            _emit("progress", phase=phase, done=done, total=total)
-
-    try:
-        # trust_env off: a proxy from the environment must not see loopback calls and their key
-        with httpx.Client(base_url=url, headers={"x-api-key": key}, timeout=600, trust_env=False) as client:
-            del key
-            report = run_train(
-                spec["recipe"],
-                client=client,
-                model=spec["model"],
-                alias=spec.get("promote") or spec.get("alias") or "production",
-                promote=spec.get("promote") is not None,
-                dry_run=bool(spec.get("dry_run")),
-                seed=int(spec.get("seed", 0)),
-                params=dict(spec.get("params") or {}),
-                config=GateConfig(
-                    min_improvement=float(spec.get("min_improvement", 0.0)), seed=int(spec.get("seed", 0))
-                ),
-                progress=progress,
-            )
-    except Exception as exc:
-        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-        if not isinstance(exc, MlgateError | TrainError):  # a recipe's own bug: its traceback, in the tail
-            traceback.print_exc(file=sys.stdout)
-        _emit("error", error=f"{type(exc).__name__}: {message}")
-        return 1
-    _emit("report", report=report)
-    return 0
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ def test_figures_are_exact() -> None:
 
 
 def test_samples_paths_and_labels_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(shadow_module, "SAMPLE", 100)
+    monkeypatch.setattr("mlgate.lifecycle.shadow_compare.SAMPLE", 100)  # the bounds live there
     c = Comparison(policy())
     for i in range(250):
         c.record(float(i), float(i) + i, 0.0, 0.0)
