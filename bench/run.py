@@ -7,7 +7,7 @@ limit; W3 the vehicle workflow when its route exists. Systems are interleaved ro
 reported, and every figure is also a ratio to the floor measured in the same round.
 
 Environment: ``BENCH_QUICK=1`` (1 round, 3 s points, FastAPI as the only peer),
-``BENCH_PEERS=fastapi-async,ray`` (a subset), ``BENCH_ONLY=mlgate-1w,w2,w3,all,scale,capture,shadow`` (parts),
+``BENCH_PEERS=fastapi-async,ray`` (a subset), ``BENCH_ONLY=mlgate-1w,w2,w3,all,scale,capture,shadow,stats`` (parts),
 ``BENCH_ROUNDS``, ``BENCH_SECONDS``,
 ``BENCH_OUT`` (default docs/benchmarks.md). Raw results go to bench/results/<stamp>/.
 Run with the serving venv's python (``make bench`` does).
@@ -37,6 +37,7 @@ import envs
 import gateway_scale
 import report
 import shadow_overhead
+import stats_api
 from procs import Server, ServerSpec, loadavg, memory_mb, post, start_ready, wrk
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -659,6 +660,8 @@ def main() -> int:
         results["capture"] = capture_overhead.run(out_dir, quick=QUICK)
     if wanted("shadow"):  # issue 16: W1 with every request mirrored to a shadow version vs none
         results["shadow"] = shadow_overhead.run(out_dir, quick=QUICK)
+    if wanted("stats"):  # issue 17: the dashboard's /v1/stats answers over 7 days of history
+        results["stats"] = stats_api.run(out_dir, quick=QUICK)
     return finish(results, started, out_dir)
 
 
@@ -715,6 +718,7 @@ def finish(results: dict[str, Any], started: float, out_dir: Path) -> int:
     kept_scale = gateway_scale.read_section(out)  # report.write regenerates the file
     kept_capture = capture_overhead.read(out)
     kept_shadow = shadow_overhead.read(out)
+    kept_stats = stats_api.read(out)
     report.write(results, out)
     scale = results.get("gateway_scale")
     if scale:
@@ -733,7 +737,7 @@ def finish(results: dict[str, Any], started: float, out_dir: Path) -> int:
             end=capture_overhead.END,
             target_row=capture_overhead.TARGET_ROW,
         )
-    for part, module, kept in (("shadow", shadow_overhead, kept_shadow),):
+    for part, module, kept in (("shadow", shadow_overhead, kept_shadow), ("stats", stats_api, kept_stats)):
         if results.get(part):
             module.write(out, results[part])
         elif kept:

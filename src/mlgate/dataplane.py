@@ -55,6 +55,7 @@ from mlgate.runtimes.base import LoadContext, ModelRuntime
 from mlgate.settings import Settings
 from mlgate.telemetry.context import current_request_id
 from mlgate.telemetry.metrics import Metrics, ModelMetrics
+from mlgate.telemetry.stats import StatsRecorder
 from mlgate.types import Manifest, Processor, VersionInfo
 
 __all__ = ["RETRY_FAILED_S", "DataPlane", "LoadedModel", "Prediction"]
@@ -110,6 +111,8 @@ class DataPlane:
         #: routed aliases' guard windows and callers' versions (``router.on_breach``: the lifecycle
         #: rolls a canary back)
         self.router = Router(self.policies, metrics)
+        #: the server's per-minute statistics (batch sizes are counted there too), when recording
+        self.stats: StatsRecorder | None = None
         #: called after a sampled routed prediction: (policy, the answer, its payload, seconds)
         self.on_shadow: ShadowHook | None = None
         self.cache = cache
@@ -325,11 +328,15 @@ class DataPlane:
             ) from exc
         elapsed = time.perf_counter() - started
         metrics = self.metrics.for_model(info.model, info.version)
+        on_batch: Callable[[int], None] = metrics.batch_size.observe
+        stats = self.stats
+        if stats is not None:
+            on_batch = stats.batch_hook(info.model, info.version, on_batch)
         batcher = Batcher(
             runtime.predict,
             info.manifest.batching,
             name=f"{info.model}-{info.version}",
-            on_batch=metrics.batch_size.observe,
+            on_batch=on_batch,
         )
         self.metrics.track_queue(info.model, info.version, lambda: batcher.queue_depth)
         batcher.start()

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ from mlgate.access.generation import AccessGeneration
 from mlgate.access.keys import KeyStore
 from mlgate.access.limiter import LimiterStorage, open_limiter_storage
 from mlgate.access.plans import UNMETERED_PLAN, PlanStore, ensure_builtin_plans
+from mlgate.access.sessions import SessionStore
 from mlgate.access.tokens import TokenIssuer, check_secret, load_or_create_secret
 from mlgate.access.usage import UsageRecorder
 from mlgate.access.users import UserStore
@@ -45,13 +47,14 @@ from mlgate.settings import Settings
 from mlgate.store import ArtifactStore, open_store
 from mlgate.telemetry.access_log import AccessLog
 from mlgate.telemetry.metrics import Metrics
+from mlgate.telemetry.stats import StatsRecorder, StatsTables
 from mlgate.types import Service
 
 if TYPE_CHECKING:
     from mlgate.lifecycle.jobs import TrainJobs
     from mlgate.workflows.service import WorkflowService
 
-__all__ = ["Server", "bootstrap_once"]
+__all__ = ["Server", "bootstrap_once", "stats_tables"]
 
 log = logging.getLogger("mlgate")
 
@@ -78,6 +81,8 @@ class Server:
     capture: Capture
     drift: DriftMonitor
     alerts: AlertEngine
+    #: signed-in /dashboard sessions (issue 17; resolved by the read-only API calls it makes)
+    sessions: SessionStore
     services: list[Service] = field(default_factory=list)
     #: built by :meth:`build_workflows` (``mlgate serve``: right after startup, in a thread)
     workflows: WorkflowService | None = None
@@ -89,6 +94,10 @@ class Server:
     shadow: ShadowRunner | None = None
     #: set on SIGTERM: readiness answers 503 while requests finish
     draining: bool = False
+    #: the dashboard's per-minute stats (issue 17; None when ``stats.enabled`` is off)
+    stats: StatsRecorder | None = None
+    #: epoch seconds when :meth:`start` ran (the stats API's uptime)
+    started_at: float = 0.0
     _usage_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @classmethod
@@ -136,7 +145,18 @@ class Server:
         dataplane = DataPlane(
             settings=settings, repository=repository, cache=cache, metrics=metrics, processors=processors
         )
+        stats = None
+        if settings.stats.enabled:  # issue 17: per-minute stats, flushed by a thread
+            stats = StatsRecorder(
+                repository.engine,
+                stats_tables(),
+                flush_s=settings.stats.flush_s,
+                retention_days=settings.stats.retention_days,
+                max_keys=settings.stats.max_keys,
+            )
+            dataplane.stats = stats  # read by DataPlane._load (batch sizes)
         return cls(
+            stats=stats,
             settings=settings,
             repository=repository,
             store=store,
@@ -160,6 +180,13 @@ class Server:
                 metrics=metrics,
             ),
             alerts=AlertEngine(settings=settings, engine=repository.engine, metrics=metrics),
+            sessions=SessionStore(
+                repository.engine,
+                keys=keys,
+                users=users,
+                life_s=settings.auth.dashboard_session_minutes * 60.0,
+                generation=access,
+            ),
             services=services,
         )
 
@@ -189,6 +216,9 @@ class Server:
     async def start(self) -> None:
         """Access log, bootstrap, usage flushing, models loaded: ready to serve."""
         self.access_log.start()
+        self.started_at = time.time()
+        if self.stats is not None:
+            self.stats.start()
         await asyncio.to_thread(self.bootstrap)
         self._usage_task = asyncio.get_running_loop().create_task(self.usage.run(), name="mlgate-usage")
         self.canary = CanaryGuardian(
@@ -236,6 +266,8 @@ class Server:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._usage_task
         await asyncio.to_thread(self.usage.close)
+        if self.stats is not None:  # its last counts written out
+            await asyncio.to_thread(self.stats.stop)
         await self.limiter.close()
         self.access_log.stop()
         self.repository.close()
@@ -259,6 +291,20 @@ class Server:
             workflows.deploy_bundled([w for s in self.services for w in s.workflows])
             self.workflows = workflows
         return self.workflows
+
+
+def stats_tables() -> StatsTables:
+    """The stats tables and write transaction the dashboard's recorder and reader use."""
+    from mlgate.db.engine import write_tx
+    from mlgate.db.tables import STATS_LATENCY_BOUNDS, api_keys, stats_traffic, stats_usage
+
+    return StatsTables(
+        traffic=stats_traffic,
+        usage=stats_usage,
+        keys=api_keys,
+        bounds=STATS_LATENCY_BOUNDS,
+        write_tx=write_tx,
+    )
 
 
 def _jwt_secret(settings: Settings) -> str:

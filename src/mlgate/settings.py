@@ -30,6 +30,7 @@ __all__ = [
     "MonitorSettings",
     "S3Settings",
     "Settings",
+    "StatsSettings",
     "apply_process_environment",
     "export_environ",
     "load_settings",
@@ -82,6 +83,13 @@ class AuthSettings(BaseModel):
         description="password hashes (argon2: ~0.15 CPU-s, 64 MB each) computed at once per process, "
         "for logins and sign-ups; more waiting than 16 per slot get 503 + Retry-After, so guessing "
         "cannot take the cores from serving",
+    )
+    # -- dashboard sign-in (issue 17) --
+    dashboard_session_minutes: int = Field(
+        default=8 * 60,
+        ge=1,
+        le=30 * 24 * 60,
+        description="life of a /dashboard sign-in session (its HttpOnly cookie's Max-Age)",
     )
 
 
@@ -149,6 +157,26 @@ class WorkflowSettings(BaseModel):
     purge_interval_s: float = Field(
         default=3600.0, ge=0.1, description="how often each server process applies the retention"
     )
+
+
+# -- stats (issue 17: the dashboard's history) ------------------------------------------------
+class StatsSettings(BaseModel):
+    """Per-minute traffic and per-key usage aggregates kept in the registry database for the
+    dashboard (``/v1/stats/...``), written off the request path by every process."""
+
+    enabled: bool = Field(default=True, description="record per-minute stats into the database")
+    flush_s: float = Field(default=10.0, gt=0, le=3600, description="how often aggregates are written out")
+    retention_days: float = Field(
+        default=7.0, ge=0, description="stats rows older than this are deleted, hourly (0 = kept forever)"
+    )
+    max_keys: int = Field(
+        default=5000,
+        ge=10,
+        description="distinct (model, version, route) and (key, model) rows per minute; beyond: '(other)'",
+    )
+
+
+# -- end stats ---------------------------------------------------------------------------------
 
 
 class CaptureSettings(BaseModel):
@@ -371,6 +399,7 @@ class Settings(BaseSettings):
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    stats: StatsSettings = Field(default_factory=StatsSettings)  # issue 17
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

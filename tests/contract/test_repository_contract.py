@@ -46,6 +46,9 @@ TABLES = {
     "train_runs",
     "retrain_policies",
     "shadow_stats",
+    "stats_traffic",
+    "stats_usage",
+    "dashboard_sessions",
 }
 
 

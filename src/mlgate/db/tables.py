@@ -40,6 +40,7 @@ __all__ = [
     "aliases",
     "api_keys",
     "canary_assignments",
+    "dashboard_sessions",
     "drift_latest",
     "execution_events",
     "executions",
@@ -55,6 +56,8 @@ __all__ = [
     "registry_state",
     "retrain_policies",
     "shadow_stats",
+    "stats_traffic",
+    "stats_usage",
     "telemetry_snapshots",
     "train_runs",
     "usage_daily",
@@ -472,4 +475,61 @@ shadow_stats = Table(
     Column("since", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("data", Text, nullable=False),
+)
+
+# -- dashboard (migration 0007) ---------------------------------------------------------------
+
+#: Upper bounds (seconds) of the stats tables' latency buckets ``lat_0`` … ``lat_11`` (the last:
+#: everything slower).
+STATS_LATENCY_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, float("inf"))
+
+#: Per-minute (``resolution`` ``m``, ``bucket`` = epoch minute) and per-hour (``h``, epoch hour)
+#: traffic of each model version and route, added to by every process (off the request path).
+stats_traffic = Table(
+    "stats_traffic",
+    metadata,
+    Column("resolution", String(1), primary_key=True),
+    Column("bucket", Integer, primary_key=True, autoincrement=False),
+    Column("model", String(64), primary_key=True),  # "" for routes that run no model
+    Column("version", Integer, primary_key=True, autoincrement=False),  # 0: none
+    Column("route", String(255), primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("errors_4xx", BigInteger, nullable=False),
+    Column("errors_5xx", BigInteger, nullable=False),
+    Column("throttled", BigInteger, nullable=False),
+    *[Column(f"lat_{i}", BigInteger, nullable=False) for i in range(len(STATS_LATENCY_BOUNDS))],
+    Column("latency_sum", Float, nullable=False),
+    Column("batch_items", BigInteger, nullable=False),
+    Column("batches", BigInteger, nullable=False),
+    Index("ix_stats_traffic_model", "resolution", "model", "bucket"),
+)
+
+#: Per-minute / per-hour usage of each API key (its owner named), per model.
+stats_usage = Table(
+    "stats_usage",
+    metadata,
+    Column("resolution", String(1), primary_key=True),
+    Column("bucket", Integer, primary_key=True, autoincrement=False),
+    Column("key_id", String(32), primary_key=True),
+    Column("model", String(64), primary_key=True),  # "" for routes that run no model
+    Column("owner", String(128), nullable=False),  # "" for keys no user owns
+    Column("requests", BigInteger, nullable=False),
+    Column("units", BigInteger, nullable=False),
+    Column("throttled", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),
+    Index("ix_stats_usage_owner", "resolution", "owner", "bucket"),
+)
+
+#: Signed-in dashboard sessions: the sha256 of the cookie's value (never the value), the caller.
+dashboard_sessions = Table(
+    "dashboard_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("kind", String(8), nullable=False),  # key | user
+    Column("caller_id", String(128), nullable=False),
+    Column("username", String(128), nullable=True),
+    Column("role", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Index("ix_dashboard_sessions_expires", "expires_at"),
 )

@@ -153,6 +153,7 @@ class MlgateApp:
             )
         )
         self.server = self.edge.server = server
+        self.edge.stats = server.stats  # the dashboard's per-minute stats (issue 17)
         await server.start()
         # Everything built so far (modules, models, the app) lives as long as the process:
         # move it out of the cyclic GC's reach. Otherwise each full collection walks it all,
@@ -232,12 +233,14 @@ def _build_fastapi(app: MlgateApp) -> FastAPI:
         routes_aliases,
         routes_auth,
         routes_capture,
+        routes_dashboard,
         routes_docs,
         routes_drift,
         routes_models,
         routes_ops,
         routes_services,
         routes_shadow,
+        routes_stats,
         routes_train,
         routes_v2,
         routes_workflows,
@@ -269,6 +272,8 @@ def _build_fastapi(app: MlgateApp) -> FastAPI:
     api.include_router(routes_alerts.router)
     api.include_router(routes_train.router)  # train jobs, retrain on drift, history (issue 16)
     api.include_router(routes_shadow.router)  # a shadow version's comparison (issue 16)
+    api.include_router(routes_stats.router)  # the dashboard's JSON APIs (issue 17)
+    api.include_router(routes_dashboard.router)  # /dashboard and its sign-in (issue 17)
     for service in app.services:
         routes_services.mount(api, service)
     routes_docs.install(api, lambda: app.server)

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import Request
 from starlette.responses import Response
 
+from mlgate.access.sessions import dashboard_cookie
 from mlgate.access.tokens import authenticate_token
 from mlgate.errors import Forbidden, Unauthorized
 from mlgate.http.capturing import capture_answer
@@ -81,6 +82,15 @@ async def caller_of(request: Request) -> Caller | None:
             return Caller(kind="key", id=key.id, username=key.owner, role=key.role)
         user = await asyncio.to_thread(authenticate_token, server.gate.tokens, server.users, bearer)
         return Caller(kind="user", id=user.username, username=user.username, role=user.role)
+    # -- a /dashboard session (issue 17): only read-only /v1 GETs marked X-Mlgate-Dashboard: 1 --
+    cookie = dashboard_cookie(x.method, x.path, x.headers)
+    if cookie is not None:
+        session = await server.sessions.resolve_async(cookie)
+        if session is None:
+            raise Unauthorized("the dashboard session has ended: sign in again")
+        if session.kind == "key":
+            x.key_id = session.id
+        return session
     return None
 
 

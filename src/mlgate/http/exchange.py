@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from mlgate.access.gate import Admission
     from mlgate.server import Server
+    from mlgate.telemetry.stats import StatsRecorder
 
 __all__ = ["CLIENT_CLOSED", "EXCHANGE", "UNMATCHED", "Exchange", "Lifecycle", "ServingRoute", "WireEndpoint"]
 
@@ -70,6 +71,8 @@ class Lifecycle:
         self.usage_sync = usage_sync
         #: the components, set when startup has built them (endpoints run only after that)
         self.server: Server | None = None
+        #: the dashboard's per-minute stats (issue 17), set with ``server``; None: not recorded
+        self.stats: StatsRecorder | None = None
         #: requests dispatched to an endpoint or the app and not yet closed
         self.inflight = 0
         #: connections open (counted by mlgate serve's protocol)
@@ -95,6 +98,9 @@ class Lifecycle:
                 self._children[key] = children
         children[0].inc()
         children[1].observe(elapsed)
+        stats = self.stats  # issue 17: a few dict operations, written out by a thread
+        if stats is not None:
+            stats.observe(x, elapsed)
         self.access_log.line(
             x.method,
             f"{x.path}?{x.query.decode('latin-1')}" if x.query else x.path,

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mlgate.access.gate import Admission
+from mlgate.access.sessions import dashboard_cookie
 from mlgate.errors import Forbidden, InvalidInput, MlgateError, QuotaExceeded, Throttled, Unauthorized
 from mlgate.http.exchange import Exchange
 from mlgate.types import NAME_PATTERN, AuthMode, Caller
@@ -90,6 +91,8 @@ async def admit(
         checked = await check()  # its own errors (400, 404) render as the route's
         if isinstance(checked, Units):
             cost = int(checked)
+    if model is not None and x.model is None:  # issue 17: refusals and errors count for their model
+        x.model = model
     try:
         admission = await gate.admit(
             mode=mode,
@@ -102,6 +105,10 @@ async def admit(
     except MlgateError as exc:
         server.metrics.gateway_rejections.labels(exc.code).inc()
         headers = dict(getattr(exc, "headers", {}) or {})
+        if isinstance(exc, Throttled | QuotaExceeded) and x.api_key:  # issue 17: per-key throttled
+            key = gate.keys.verify_cached(x.api_key)  # just verified: a cache hit
+            if key is not None:
+                x.key_id = key.id
         raise _rejection(exc, headers, original) from None
     x.admit(admission)
     return admission
@@ -160,6 +167,17 @@ async def authenticate(x: Exchange, *, model: str | None = None) -> Caller:
     """Authenticate without metering (model listings and metadata): same rule as the model routes."""
     gate = x.server.gate
     mode = gate.mode_for(declared="default", model=model, path=_escaped(x.path))
+    # -- a /dashboard session (issue 17): only read-only /v1 GETs marked X-Mlgate-Dashboard: 1,
+    # with no other credential; a route's auth mode decides which kinds of caller it takes
+    # (an admin's session reads model metadata whatever the mode)
+    cookie = None if x.api_key or x.authorization else dashboard_cookie(x.method, x.path, x.headers)
+    if cookie is not None and mode != "public":
+        session = await x.server.sessions.resolve_async(cookie)
+        if session is None:
+            raise _rejection(Unauthorized("the dashboard session has ended: sign in again"), {}, None)
+        if mode == "either" or (mode == "key") == (session.kind == "key") or session.role == "admin":
+            x.key_id = session.id
+            return session
     try:
         caller = await gate.authenticate(mode=mode, api_key=x.api_key, bearer=bearer_of(x.authorization))
     except MlgateError as exc:
