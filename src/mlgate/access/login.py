@@ -54,16 +54,17 @@ class LoginGuard:
         self._max_waiting = hashes * WAITING_PER_SLOT
         self._waiting = 0
 
-    async def admit(self, *, client: str, username: str) -> None:
+    async def admit(self, *, client: str, username: str | None) -> None:
         """Take one attempt from the client's and the username's budgets; :class:`Throttled`
-        (nothing taken from the second) when either is spent."""
+        (nothing taken from the second) when either is spent. ``username`` None (an API-key
+        sign-in): the client's budget only — no name a client can type reaches it."""
         now = time.time()
         for key, rate, burst in self._buckets(client, username):
             decision = await self._limiter.take(key, rate=rate, burst=burst, now=now)
             if not decision.allowed:
                 raise Throttled("Too many failed logins", retry_after=decision.retry_after)
 
-    async def succeeded(self, *, client: str, username: str) -> None:
+    async def succeeded(self, *, client: str, username: str | None) -> None:
         """A right password: its attempt is given back (only failures count)."""
         for key, rate, burst in self._buckets(client, username):
             await self._limiter.refund(key, None, rate=rate, burst=burst, window_end=0.0, cost=1)
@@ -84,10 +85,12 @@ class LoginGuard:
             self._slots.release()
 
     @staticmethod
-    def _buckets(client: str, username: str) -> tuple[tuple[str, float, int], ...]:
+    def _buckets(client: str, username: str | None) -> tuple[tuple[str, float, int], ...]:
+        buckets: tuple[tuple[str, float, int], ...] = (
+            (f"login:client:{client[:64]}", CLIENT_RATE, CLIENT_BURST),
+        )
+        if username is None:
+            return buckets
         # Usernames hashed: any length or character an attacker types becomes a fixed-size key.
         user = hashlib.sha256(username.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-        return (
-            (f"login:client:{client[:64]}", CLIENT_RATE, CLIENT_BURST),
-            (f"login:user:{user}", USER_RATE, USER_BURST),
-        )
+        return (*buckets, (f"login:user:{user}", USER_RATE, USER_BURST))

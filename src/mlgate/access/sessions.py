@@ -47,6 +47,7 @@ __all__ = [
     "CACHE_TTL_S",
     "COOKIE_NAME",
     "DASHBOARD_HEADER",
+    "MAX_PER_CALLER",
     "Session",
     "SessionStore",
     "dashboard_cookie",
@@ -57,6 +58,8 @@ __all__ = [
 COOKIE_NAME = "mlgate_session"
 #: How long a resolved session is trusted in this process without reading the database again.
 CACHE_TTL_S = 5.0
+#: Live sessions one caller (a key, a user) may hold; signing in again ends the oldest.
+MAX_PER_CALLER = 20
 _CACHE_MAX = 4096
 _VALUE_MAX = 128  # a cookie value longer than any we issue is not even hashed
 
@@ -143,6 +146,27 @@ class SessionStore:
                     expires_at=session.expires_at,
                 )
             )
+            # At most MAX_PER_CALLER live sessions per caller: the oldest end (a key signing in
+            # in a loop must not grow the table).
+            t = dashboard_sessions
+            mine = (t.c.kind == kind, t.c.caller_id == caller_id)
+            keep = (
+                sa.select(t.c.id_hash)
+                .where(*mine)
+                .order_by(t.c.created_at.desc(), t.c.id_hash)
+                .limit(MAX_PER_CALLER)
+                .scalar_subquery()
+            )
+            ended = [
+                row.id_hash
+                for row in conn.execute(sa.select(t.c.id_hash).where(*mine, t.c.id_hash.not_in(keep)))
+            ]
+            if ended:
+                conn.execute(t.delete().where(t.c.id_hash.in_(ended)))
+        if ended:
+            with self._lock:
+                for digest in ended:
+                    self._cache.pop(digest, None)
         return value, session
 
     def delete(self, value: str) -> bool:

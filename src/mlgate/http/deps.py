@@ -83,7 +83,8 @@ async def caller_of(request: Request) -> Caller | None:
         user = await asyncio.to_thread(authenticate_token, server.gate.tokens, server.users, bearer)
         return Caller(kind="user", id=user.username, username=user.username, role=user.role)
     # -- a /dashboard session (issue 17): only read-only /v1 GETs marked X-Mlgate-Dashboard: 1 --
-    cookie = dashboard_cookie(x.method, x.path, x.headers)
+    # (any Authorization header, even one that is not a bearer token, is another credential)
+    cookie = None if x.authorization else dashboard_cookie(x.method, x.path, x.headers)
     if cookie is not None:
         session = await server.sessions.resolve_async(cookie)
         if session is None:

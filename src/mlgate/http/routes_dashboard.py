@@ -114,12 +114,12 @@ def _me(session: Session, caller: Caller) -> dict[str, Any]:
     return body
 
 
-@router.get("")
+@router.api_route("", methods=["GET", "HEAD"])
 async def index_bare() -> Response:
     return _static("index.html")
 
 
-@router.get("/")
+@router.api_route("/", methods=["GET", "HEAD"])
 async def index() -> Response:
     return _static("index.html")
 
@@ -138,13 +138,17 @@ async def login(request: Request) -> JSONResponse:
     api_key, username, password = data.get("api_key"), data.get("username"), data.get("password")
     client = request.client.host if request.client else "unknown"
     guard = server.gate.login
-    if isinstance(api_key, str) and api_key:
-        who = f"api-key@{client}"  # a key guess is throttled per client (no username to bucket)
-    elif isinstance(username, str) and username and isinstance(password, str) and password:
+    for name, given in (("api_key", api_key), ("username", username), ("password", password)):
+        if given is not None and not isinstance(given, str):
+            raise _refuse(400, f"{name} must be a string")
+    who: str | None
+    if api_key:
+        who = None  # a key guess is throttled per client only (no username a client can type)
+    elif username and password:
         who = username
     else:
         raise _refuse(400, "an API key, or a username and a password, are required")
-    if len(api_key or "") > _MAX_FIELD or len(who) > _MAX_FIELD:
+    if len(api_key or "") > _MAX_FIELD or len(who or "") > _MAX_FIELD:
         raise _refuse(401, "Sign-in failed: unknown API key or wrong username or password")
     try:
         await guard.admit(client=client, username=who)  # before any hashing work
@@ -152,7 +156,7 @@ async def login(request: Request) -> JSONResponse:
         retry = str(max(1, math.ceil(exc.retry_after)))
         raise _refuse(429, "Too many failed sign-ins: wait and retry", {"Retry-After": retry}) from None
     sessions = server.sessions
-    if isinstance(api_key, str) and api_key:
+    if api_key:
         key = await asyncio.to_thread(server.keys.verify, api_key)
         if key is None:
             raise _refuse(401, "Sign-in failed: unknown, disabled or expired API key")
@@ -161,7 +165,7 @@ async def login(request: Request) -> JSONResponse:
         )
         caller = Caller(kind="key", id=key.id, username=key.owner, role=key.role)
     else:
-        assert isinstance(password, str)
+        assert who is not None and isinstance(password, str)
         async with guard.hashing():
             user = await asyncio.to_thread(server.users.authenticate, who, password)
         if user is None:
@@ -201,6 +205,17 @@ async def me(request: Request) -> JSONResponse:
     return _json({"signed_in": True, **_me(*found)})
 
 
-@router.get("/{name:path}")
+@router.api_route("/{name:path}", methods=["GET", "HEAD"])
 async def asset(name: str) -> Response:
     return _static(name)
+
+
+@router.api_route("/{name:path}", methods=["POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+async def not_allowed(name: str) -> Response:
+    """Any other method on the dashboard's files: 405, with the same security headers."""
+    return Response(
+        b"method not allowed",
+        status_code=405,
+        media_type="text/plain",
+        headers={**_SECURITY, "Allow": "GET, HEAD"},
+    )
