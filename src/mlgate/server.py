@@ -47,7 +47,7 @@ from mlgate.settings import Settings
 from mlgate.store import ArtifactStore, open_store
 from mlgate.telemetry.access_log import AccessLog
 from mlgate.telemetry.metrics import Metrics
-from mlgate.telemetry.stats import StatsRecorder, StatsTables
+from mlgate.telemetry.stats import StatsReader, StatsRecorder, StatsTables
 from mlgate.types import Service
 
 if TYPE_CHECKING:
@@ -155,6 +155,8 @@ class Server:
                 max_keys=settings.stats.max_keys,
             )
             dataplane.stats = stats  # read by DataPlane._load (batch sizes)
+            # the /v1/stats reader, warmed by the recorder's thread once an hour
+            stats.reader = StatsReader(repository.engine, stats_tables())
         return cls(
             stats=stats,
             settings=settings,

@@ -49,7 +49,10 @@ _READERS: weakref.WeakKeyDictionary[Any, StatsReader] = weakref.WeakKeyDictionar
 
 
 def _reader(server: Server) -> StatsReader:
-    """The server's reader (one per database engine: it keeps settled hours' per-key sums)."""
+    """The server's reader (one per database engine: it keeps settled hours' per-key sums; the
+    recorder's, which its thread warms once an hour, when stats are recorded)."""
+    if server.stats is not None and server.stats.reader is not None:
+        return server.stats.reader
     engine = server.repository.engine
     reader = _READERS.get(engine)
     if reader is None:

@@ -160,6 +160,9 @@ class StatsRecorder:
         self._last_sweep = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: the reader ``/v1/stats`` answers with, warmed once an hour by the flush thread
+        self.reader: StatsReader | None = None
+        self._warmed_hour = -1
 
     # -- the request path ---------------------------------------------------------------------
 
@@ -287,6 +290,23 @@ class StatsRecorder:
                 self.sweep_if_due()
             except Exception:
                 log.warning("stats retention sweep failed", exc_info=True)
+            try:
+                self.warm_if_due()
+            except Exception:
+                log.warning("stats warm-up failed", exc_info=True)
+
+    def warm_if_due(self) -> bool:
+        """Once an hour (and at the first flush), in this thread: the week of per-key sums of
+        settled hours and the model totals computed ahead, so that the first ``/v1/stats``
+        answer after the hour turns (or after start) reads two hours of rows, not a week."""
+        reader = self.reader
+        hour = int(self._clock() // 3600)
+        if reader is None or hour == self._warmed_hour:
+            return False
+        self._warmed_hour = hour
+        reader.usage_series(WINDOWS["7d"], None)
+        reader.model_totals(WINDOWS["1h"])
+        return True
 
     def pending(self) -> int:
         """Rows waiting for the next flush."""

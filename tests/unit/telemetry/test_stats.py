@@ -348,6 +348,21 @@ def test_reader_keeps_settled_hours_and_rereads_the_last_two(engine: sa.Engine) 
     assert (week[-6], week[-2], week[-1], sum(week)) == (1, 1, 2, 4)
 
 
+def test_the_flush_thread_warms_the_reader_once_an_hour(engine: sa.Engine) -> None:
+    clock = Clock(T0 + 10)
+    rec = _recorder(engine, clock)
+    assert not rec.warm_if_due()  # no reader: nothing to warm
+    rec.reader = StatsReader(engine, stats_tables(), clock=clock)
+    rec.observe(X(admission=admitted("k1")), 0.001)
+    rec.flush()
+    assert rec.warm_if_due()  # the first time
+    assert rec.reader._settled  # the week's settled hours are summed ahead of any request
+    clock.now = T0 + 1800
+    assert not rec.warm_if_due()  # the same hour
+    clock.now = T0 + 3600
+    assert rec.warm_if_due()  # the next one
+
+
 def test_recorder_thread_flushes_and_stop_writes_the_rest(engine: sa.Engine) -> None:
     rec = _recorder(engine, Clock(T0), flush_s=3600)  # the thread never ticks during the test
     rec.start()
