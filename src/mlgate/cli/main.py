@@ -12,6 +12,7 @@ import typer
 from mlgate.cli.access import keys_app, plans_app, users_app
 from mlgate.cli.alerts import alerts_app
 from mlgate.cli.common import ApiKeyOpt, Url, _check, _client, console, err
+from mlgate.cli.deploy import deploy_app
 from mlgate.cli.models import models_app
 from mlgate.cli.monitor import monitor_app
 from mlgate.cli.shadow import shadow_command
@@ -29,6 +30,7 @@ app.add_typer(users_app, name="users")
 app.add_typer(workflows_app, name="workflows")
 app.add_typer(monitor_app, name="monitor")
 app.add_typer(alerts_app, name="alerts")
+app.add_typer(deploy_app, name="deploy")  # mlgate deploy aws (issue 18)
 app.command("train")(train_command)
 # background train runs, retrain on drift, a model's history (cli/train.py; issue 16)
 runs_app = typer.Typer(
