@@ -21,8 +21,6 @@ with ``| capture at 100 %``; both are replaced in place.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import statistics
@@ -34,8 +32,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gateway_scale import read_section, write_section
 from procs import Server, ServerSpec, loadavg, wrk
+from sections import Part
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- capture:start -->", "<!-- capture:end -->"
@@ -247,29 +245,21 @@ def target_row(result: dict[str, Any]) -> str:
     )
 
 
-def read(out: Path) -> tuple[str, str] | None:
-    return read_section(out, start=START, end=END, target_row=TARGET_ROW)
-
-
-def write(out: Path, result: dict[str, Any]) -> None:
-    write_section(out, render(result), target_row(result), start=START, end=END, target_row=TARGET_ROW)
+PART = Part(
+    name="capture",
+    start=START,
+    end=END,
+    target_row=TARGET_ROW,
+    run=run,
+    render=render,
+    row=target_row,
+    met=lambda r: bool(r.get("summary", {}).get("met")),
+)
+read, write = PART.read, PART.write
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    args = parser.parse_args()
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    out_dir = ROOT / "bench" / "results" / f"capture-{stamp}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result = run(out_dir, quick=args.quick)
-    (out_dir / "capture.json").write_text(json.dumps(result, indent=1))
-    print(render(result))
-    if not args.no_write:
-        write(args.out, result)
-    return 0 if result.get("summary", {}).get("met") else 1
+    return PART.main(__doc__)
 
 
 if __name__ == "__main__":

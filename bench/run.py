@@ -716,34 +716,16 @@ def finish(results: dict[str, Any], started: float, out_dir: Path) -> int:
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     out = Path(os.environ.get("BENCH_OUT", ROOT / "docs" / "benchmarks.md"))
     kept_scale = gateway_scale.read_section(out)  # report.write regenerates the file
-    kept_capture = capture_overhead.read(out)
-    kept_shadow = shadow_overhead.read(out)
-    kept_stats = stats_api.read(out)
+    parts = [capture_overhead.PART, shadow_overhead.PART, stats_api.PART]
+    kept = {part.name: part.read(out) for part in parts}
     report.write(results, out)
     scale = results.get("gateway_scale")
     if scale:
         gateway_scale.write_section(out, gateway_scale.render(scale), gateway_scale.target_row(scale))
     elif kept_scale:  # the part was not run (BENCH_ONLY): keep the last measured section
         gateway_scale.write_section(out, *kept_scale)
-    if results.get("capture"):
-        capture_overhead.write(out, results["capture"])
-    elif kept_capture:
-        section, row = kept_capture
-        gateway_scale.write_section(
-            out,
-            section,
-            row,
-            start=capture_overhead.START,
-            end=capture_overhead.END,
-            target_row=capture_overhead.TARGET_ROW,
-        )
-    for part, module, kept in (("shadow", shadow_overhead, kept_shadow), ("stats", stats_api, kept_stats)):
-        if results.get(part):
-            module.write(out, results[part])
-        elif kept:
-            gateway_scale.write_section(
-                out, kept[0], kept[1], start=module.START, end=module.END, target_row=module.TARGET_ROW
-            )
+    for part in parts:
+        part.finish(out, results.get(part.name), kept[part.name])
     log(f"done in {results['elapsed_s'] / 60:.1f} min: {out} (raw: {out_dir / 'results.json'})")
     return 0
 
