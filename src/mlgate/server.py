@@ -47,7 +47,9 @@ from mlgate.settings import Settings
 from mlgate.store import ArtifactStore, open_store
 from mlgate.telemetry.access_log import AccessLog
 from mlgate.telemetry.metrics import Metrics
-from mlgate.telemetry.stats import StatsReader, StatsRecorder, StatsTables
+from mlgate.telemetry.stats import StatsRecorder
+from mlgate.telemetry.stats_read import StatsReader
+from mlgate.telemetry.stats_rows import StatsTables
 from mlgate.types import Service
 
 if TYPE_CHECKING:

@@ -1,10 +1,11 @@
 """The dashboard's JSON APIs (issue 17): traffic per model, usage per key, workflow executions.
 
-Read from the per-minute / per-hour stats rows every process adds to (``telemetry/stats.py``),
-so the answers cover every worker and survive restarts; a process's last ``stats.flush_s``
-seconds show up after its next flush. Windows: ``?window=1h`` (60 s steps), ``24h`` (300 s),
-``7d`` (3600 s, hour rows). Admins see everything; ``/v1/stats/keys`` also answers users (their
-own keys) and plain keys (themselves). docs/dashboard.md, "The JSON APIs".
+Read (``telemetry/stats_read.py``) from the per-minute / per-hour stats rows every process adds
+to (``telemetry/stats.py``), so the answers cover every worker and survive restarts; a
+process's last ``stats.flush_s`` seconds show up after its next flush. Windows: ``?window=1h``
+(60 s steps), ``24h`` (300 s), ``7d`` (3600 s, hour rows). Admins see everything;
+``/v1/stats/keys`` also answers users (their own keys) and plain keys (themselves).
+docs/dashboard.md, "The JSON APIs".
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from mlgate.errors import InvalidInput, NotFound
 from mlgate.http.deps import require_admin, require_caller, server_of
 from mlgate.http.jsonio import JSONResponse
 from mlgate.server import Server, stats_tables
-from mlgate.telemetry.stats import OTHER, StatsReader, Window, window_of
+from mlgate.telemetry.stats_read import StatsReader, Window, window_of
+from mlgate.telemetry.stats_rows import OTHER
 from mlgate.types import Caller
 
 router = APIRouter(prefix="/v1/stats", tags=["dashboard"])

@@ -16,13 +16,9 @@ from mlgate.access.gate import Admission
 from mlgate.db.tables import STATS_LATENCY_BOUNDS, api_keys, stats_traffic, stats_usage
 from mlgate.repository import Repository
 from mlgate.server import stats_tables
-from mlgate.telemetry.stats import (
-    OTHER,
-    WINDOWS,
-    StatsReader,
-    StatsRecorder,
-    histogram_quantile,
-)
+from mlgate.telemetry.stats import StatsRecorder
+from mlgate.telemetry.stats_read import WINDOWS, StatsReader, histogram_quantile
+from mlgate.telemetry.stats_rows import OTHER
 from mlgate.types import Caller
 
 T0 = 1_800_000_000.0  # a minute boundary (30,000,000 minutes)
