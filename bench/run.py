@@ -7,7 +7,7 @@ limit; W3 the vehicle workflow when its route exists. Systems are interleaved ro
 reported, and every figure is also a ratio to the floor measured in the same round.
 
 Environment: ``BENCH_QUICK=1`` (1 round, 3 s points, FastAPI as the only peer),
-``BENCH_PEERS=fastapi-async,ray`` (a subset), ``BENCH_ONLY=mlgate-1w,w2,w3,all,scale,capture,shadow,stats`` (parts),
+``BENCH_PEERS=fastapi-async,ray`` (a subset), ``BENCH_ONLY=mlgate-1w,w2,w3,all,scale,capture,shadow,stats,ray`` (parts),
 ``BENCH_ROUNDS``, ``BENCH_SECONDS``,
 ``BENCH_OUT`` (default docs/benchmarks.md). Raw results go to bench/results/<stamp>/.
 Run with the serving venv's python (``make bench`` does).
@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import capture_overhead
 import envs
 import gateway_scale
+import lambda_cold_start
+import ray_overhead
 import report
 import shadow_overhead
 import stats_api
@@ -662,6 +664,8 @@ def main() -> int:
         results["shadow"] = shadow_overhead.run(out_dir, quick=QUICK)
     if wanted("stats"):  # issue 17: the dashboard's /v1/stats answers over 7 days of history
         results["stats"] = stats_api.run(out_dir, quick=QUICK)
+    if wanted("ray"):  # issue 18: mlgate's gateway + Ray Serve (2 nodes) vs single-process, W1/W2
+        results[ray_overhead.PART.name] = ray_overhead.run(out_dir, quick=QUICK)
     return finish(results, started, out_dir)
 
 
@@ -716,7 +720,15 @@ def finish(results: dict[str, Any], started: float, out_dir: Path) -> int:
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     out = Path(os.environ.get("BENCH_OUT", ROOT / "docs" / "benchmarks.md"))
     kept_scale = gateway_scale.read_section(out)  # report.write regenerates the file
-    parts = [capture_overhead.PART, shadow_overhead.PART, stats_api.PART]
+    # lambda_cold_start runs on its own (`make bench-lambda`: the test venv has awslambdaric and
+    # the emulator): make bench only keeps its last measured section
+    parts = [
+        capture_overhead.PART,
+        shadow_overhead.PART,
+        stats_api.PART,
+        lambda_cold_start.PART,
+        ray_overhead.PART,
+    ]
     kept = {part.name: part.read(out) for part in parts}
     report.write(results, out)
     scale = results.get("gateway_scale")

@@ -32,6 +32,13 @@ or an admin user's token).
 or PostgreSQL: ``MLGATE_LIMITER__URL``); the key API Gateway validated
 (``requestContext.identity.apiKey``, e.g. from a Lambda authorizer) is forwarded as
 ``x-api-key`` when the request has none. Use it for HTTP APIs, which have no usage plans.
+
+Cold start (docs/deploy.md, "Cold start"): under the Lambda runtime the application is built
+when the runtime imports this module — Lambda's init phase, which provisioned concurrency runs
+ahead of any request — not at the first invocation (``MLGATE_LAMBDA_BUILD=invoke`` defers it).
+A SQLite registry that does not exist yet (every cold start without a ``DatabaseUrl``: /tmp starts
+empty) is copied from a database at the newest schema made when the image was built
+(:data:`SCHEMA_DB`, ``python -m mlgate.aws_lambda schema PATH``) instead of being migrated.
 """
 
 from __future__ import annotations
@@ -40,9 +47,13 @@ import asyncio
 import atexit
 import contextlib
 import copy
+import gc
 import json
 import os
+import shutil
+import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -50,7 +61,9 @@ if TYPE_CHECKING:
 
     from mlgate.http.app import MlgateApp
 
-__all__ = ["LAMBDA_DEFAULTS", "PROBES", "LambdaRuntime", "handler", "reset"]
+__all__ = ["LAMBDA_DEFAULTS", "PROBES", "SCHEMA_DB", "LambdaRuntime", "handler", "reset", "write_schema_db"]
+
+HANDLER = "mlgate.aws_lambda.handler"
 
 #: the environment a Lambda container starts with, unless the function sets the variable
 LAMBDA_DEFAULTS: dict[str, str] = {
@@ -59,10 +72,15 @@ LAMBDA_DEFAULTS: dict[str, str] = {
     "MLGATE_STATS__ENABLED": "false",  # per-minute stats flushed by a thread a frozen process never runs
     "MLGATE_MONITOR__INTERVAL_S": "0",  # drift on demand only
     "MLGATE_CAPTURE__SAMPLE": "0",
+    # no random admin key printed to CloudWatch Logs at each cold start: set MLGATE_ADMIN_KEY
+    "MLGATE_GENERATE_ADMIN_KEY": "false",
     "MLGATE_LIMITER__URL": "database",  # shared by every container when the registry is PostgreSQL
     "MLGATE_LIMITER__USAGE_SYNC": "true",  # a container may be killed while frozen: lose no count
     "MLGATE_LOG__ACCESS_STDOUT": "true",  # CloudWatch Logs
 }
+#: the registry database at the newest schema in the image (deploy/lambda/Dockerfile), relative
+#: to ``LAMBDA_TASK_ROOT``; ``MLGATE_LAMBDA_SCHEMA_DB`` names another file
+SCHEMA_DB = "mlgate-schema.db"
 #: paths served without an API key (the template exposes them without ApiKeyRequired)
 PROBES = frozenset({"/healthz", "/readyz"})
 FORBIDDEN: dict[str, Any] = {
@@ -101,6 +119,7 @@ class LambdaRuntime:
             os.environ.setdefault("MLGATE_AUTH__MODEL_ROUTES", "public")
         settings = load_settings()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.seeded = _seed_registry(settings.database_url)
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.app: MlgateApp = create_app(settings)
@@ -133,16 +152,37 @@ class LambdaRuntime:
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """The Lambda function (``CMD ["mlgate.aws_lambda.handler"]``)."""
+    return (_runtime or _build())(event, context)
+
+
+def _build() -> LambdaRuntime:
+    """This process's application, built on first use.
+
+    The cyclic GC is off while it is built: the imports and startup allocate a great deal and
+    free almost nothing (a full collection or two, ~10 % of the build); the application then
+    freezes what it built out of the collector's reach (:mod:`mlgate.http.app`)."""
     global _runtime, builds
-    runtime = _runtime
-    if runtime is None:
-        with _lock:
-            if _runtime is None:
+    with _lock:
+        if _runtime is None:
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
                 _runtime = LambdaRuntime()
-                builds += 1
-                atexit.register(_runtime.close)
-            runtime = _runtime
-    return runtime(event, context)
+            finally:
+                if collecting:
+                    gc.enable()
+            builds += 1
+            atexit.register(_runtime.close)
+        return _runtime
+
+
+def _in_lambda_init() -> bool:
+    """Imported by the Lambda runtime as the function's handler (its init phase)?"""
+    return (
+        bool(os.environ.get("AWS_LAMBDA_RUNTIME_API"))
+        and os.environ.get("_HANDLER") == HANDLER
+        and os.environ.get("MLGATE_LAMBDA_BUILD", "init").strip().lower() != "invoke"
+    )
 
 
 def reset() -> None:
@@ -153,6 +193,45 @@ def reset() -> None:
     if runtime is not None:
         atexit.unregister(runtime.close)
         runtime.close()
+
+
+def _schema_db() -> Path | None:
+    configured = os.environ.get("MLGATE_LAMBDA_SCHEMA_DB")
+    if configured:
+        return Path(configured)
+    root = os.environ.get("LAMBDA_TASK_ROOT")
+    return Path(root) / SCHEMA_DB if root else None
+
+
+def _seed_registry(database_url: str | None) -> bool:
+    """Copy the image's schema database to a SQLite registry that does not exist yet (the
+    migrations, Alembic included, are then skipped: the database is at head). True if copied."""
+    from sqlalchemy.engine import make_url
+
+    seed = _schema_db()
+    if not database_url or seed is None or not seed.is_file():
+        return False
+    url = make_url(database_url)
+    database = url.database or ""
+    if url.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
+        return False
+    target = Path(database).expanduser()
+    if target.exists():
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.seed")
+    shutil.copyfile(seed, partial)
+    os.replace(partial, target)
+    return True
+
+
+def write_schema_db(path: Path) -> None:
+    """A SQLite registry at the newest schema, empty (no keys, no secrets): :data:`SCHEMA_DB`."""
+    from mlgate.db.migrate import upgrade
+
+    path = path.resolve()
+    path.unlink(missing_ok=True)
+    upgrade(f"sqlite:///{path}")
 
 
 def _is_v2(event: dict[str, Any]) -> bool:
@@ -213,3 +292,13 @@ def _forward_key(event: dict[str, Any]) -> dict[str, Any]:
     if event.get("multiValueHeaders") is not None:
         event["multiValueHeaders"]["x-api-key"] = [key]
     return event
+
+
+if _in_lambda_init():  # the init phase: build now (provisioned concurrency runs it ahead of requests)
+    _build()
+
+
+if __name__ == "__main__":  # python -m mlgate.aws_lambda schema PATH (deploy/lambda/Dockerfile)
+    if len(sys.argv) != 3 or sys.argv[1] != "schema":
+        sys.exit("usage: python -m mlgate.aws_lambda schema PATH")
+    write_schema_db(Path(sys.argv[2]))

@@ -17,20 +17,29 @@ each caller (``who``: a key id, a user, a workflow execution) its sticky version
 split's answers for the rollout guard (a breach goes to ``router.on_breach``); a sampled request
 is handed to ``on_shadow`` after its answer (:mod:`mlgate.lifecycle.shadow`). An alias without
 one costs a request nothing more than an ``is None`` check.
+
+**Remote models** (``MLGATE_RAY__ADDRESS``; docs/design.md, "Ray Serve"): the one seam is
+:attr:`DataPlane.remote`. When it is set, loading a version opens it *remotely* (a
+:class:`RemoteModel`: the version's Ray Serve deployment, where a replica built the same
+components and holds the runtime and batcher) instead of loading its runtime here, and
+:meth:`DataPlane._serve` hands the raw payload to it: processor and runtime decoding, batching,
+prediction and encoding run in the replica; resolution, canary routing, shadows, metrics and
+everything before the dataplane (keys, plans, limits, capture, usage) stay in this process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import math
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -58,7 +67,15 @@ from mlgate.telemetry.metrics import Metrics, ModelMetrics
 from mlgate.telemetry.stats import StatsRecorder
 from mlgate.types import Manifest, Processor, VersionInfo
 
-__all__ = ["RETRY_FAILED_S", "DataPlane", "LoadedModel", "Prediction"]
+__all__ = [
+    "REMOTE_MODULE",
+    "RETRY_FAILED_S",
+    "DataPlane",
+    "LoadedModel",
+    "Prediction",
+    "RemoteModel",
+    "RemoteModels",
+]
 
 log = logging.getLogger("mlgate.dataplane")
 
@@ -74,6 +91,39 @@ class Prediction:
 
 
 ShadowHook = Callable[[AliasPolicy, Prediction, Any, float], None]
+_T = TypeVar("_T")
+
+#: The module whose ``connect(settings) -> RemoteModels`` serves models remotely when
+#: ``settings.ray.address`` is set. Imported by name (a plug-in, like the services' entry points):
+#: it sits above this layer and builds this dataplane inside each replica.
+REMOTE_MODULE = "mlgate.ray_serve"
+
+
+class RemoteModel(Protocol):
+    """One version served elsewhere (a Ray Serve deployment's replicas)."""
+
+    #: a stand-in for the runtime here: its ``metadata()`` and ``units()`` (the gateway's pricing)
+    runtime: ModelRuntime
+
+    async def predict(self, payload: Any, *, timeout: float) -> Any:
+        """The encoded output (the processor's, if the model has one) for one raw payload;
+        raises the :class:`MlgateError` the replica raised."""
+        ...
+
+    async def infer(self, tensors: dict[str, np.ndarray], *, timeout: float) -> dict[str, np.ndarray]:
+        """Open Inference Protocol rows in, stacked output tensors out (:meth:`DataPlane.infer_tensors`)."""
+        ...
+
+
+class RemoteModels(Protocol):
+    """Where versions are opened when they are not loaded in this process."""
+
+    async def open(self, info: VersionInfo) -> RemoteModel:
+        """The version, ready to serve remotely (its replica has loaded it); a :class:`MlgateError`
+        (503 ``model_load_error``: not deployed, no replica) when it cannot be."""
+        ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -90,6 +140,8 @@ class LoadedModel:
     #: the manifest's ``input_schema`` as a check of each payload (None: nothing declared, or a
     #: processor defines the request's shape)
     check_input: Callable[[Any], None] | None = None
+    #: served remotely (:attr:`DataPlane.remote`): ``runtime`` is its stand-in, ``batcher`` unused
+    remote: RemoteModel | None = None
 
 
 class DataPlane:
@@ -134,12 +186,16 @@ class DataPlane:
         self._routes: dict[tuple[str, str | int | None], Route | None] = {}
         # (model, version) -> (monotonic time of the failed attempt, its public reason)
         self._failed: dict[tuple[str, int], tuple[float, str]] = {}
+        #: where versions are served when not here (set by :meth:`start` from ``settings.ray``)
+        self.remote: RemoteModels | None = None
         self.ready = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Load every aliased version (the latest, for a model without aliases): first requests are warm."""
+        if self.remote is None and self.settings.ray.address:
+            self.remote = await asyncio.to_thread(_connect_remote, self.settings)
         if self.settings.load_on_start:
             for model in await asyncio.to_thread(self.repository.list_models):
                 versions = set(model.aliases.values())
@@ -159,6 +215,8 @@ class DataPlane:
             await loaded.batcher.stop()
             loaded.runtime.close()
         self._loaded.clear()
+        if self.remote is not None:
+            self.remote.close()
 
     def loaded(self) -> list[LoadedModel]:
         return list(self._loaded.values())
@@ -315,6 +373,8 @@ class DataPlane:
         return manifest.trusted or (artifact_sha is not None and artifact_sha in self.settings.trusted_sha256)
 
     async def _load(self, info: VersionInfo) -> LoadedModel:
+        if self.remote is not None:
+            return await self._open_remote(self.remote, info)
         started = time.perf_counter()
         try:
             runtime = await asyncio.to_thread(self._load_runtime, info)
@@ -353,6 +413,35 @@ class DataPlane:
             timeout,
             processor,
             _input_check(info.manifest) if processor is None else None,
+        )
+
+    async def _open_remote(self, remote: RemoteModels, info: VersionInfo) -> LoadedModel:
+        """A version served remotely: no runtime here, a batcher that never runs (the replica batches)."""
+        started = time.perf_counter()
+        try:
+            model = await remote.open(info)
+        except MlgateError as exc:
+            log.warning("could not open %s v%s remotely: %s", info.model, info.version, exc)
+            raise
+        except Exception as exc:
+            log.warning("could not open %s v%s remotely", info.model, info.version, exc_info=exc)
+            raise ModelLoadError(
+                f"could not reach {info.model} v{info.version} remotely: {exception_summary(exc)}"
+            ) from exc
+        metrics = self.metrics.for_model(info.model, info.version)
+        metrics.cold_starts.inc()
+        elapsed = time.perf_counter() - started
+        metrics.load_seconds.set(elapsed)
+        return LoadedModel(
+            info,
+            model.runtime,
+            Batcher(_not_here, info.manifest.batching, name=f"{info.model}-{info.version}"),
+            metrics,
+            elapsed,
+            info.manifest.timeout_s or self.settings.default_timeout_s,
+            self._processor_for(info),  # the gateway prices by it; it runs in the replica
+            None,
+            model,
         )
 
     def _processor_for(self, info: VersionInfo) -> Processor | None:
@@ -478,9 +567,12 @@ class DataPlane:
     ) -> tuple[VersionInfo, dict[str, np.ndarray]]:
         """Open Inference Protocol: rows of the input tensor(s) in, stacked output tensors out."""
         info, loaded = await self.choose(name, version, who)
-        items = loaded.runtime.decode_tensors(tensors)
-        outputs = await asyncio.gather(*(self._submit(loaded, x) for x in items))
-        encoded = loaded.runtime.encode_tensors(list(outputs))
+        if loaded.remote is not None:
+            encoded = await self._call_remote(loaded, loaded.remote.infer(tensors, timeout=loaded.timeout_s))
+        else:
+            items = loaded.runtime.decode_tensors(tensors)
+            outputs = await asyncio.gather(*(self._submit(loaded, x) for x in items))
+            encoded = loaded.runtime.encode_tensors(list(outputs))
         for array in encoded.values():  # as _check_finite: JSON has no inf/NaN (it would read null)
             values = np.asarray(array)
             if values.dtype.kind in "fc" and not np.isfinite(values).all():
@@ -489,6 +581,9 @@ class DataPlane:
         return info, encoded
 
     async def _serve(self, loaded: LoadedModel, payload: Any) -> Prediction:
+        if loaded.remote is not None:
+            out = await self._call_remote(loaded, loaded.remote.predict(payload, timeout=loaded.timeout_s))
+            return Prediction(loaded.info.model, loaded.info.version, out)
         m = loaded.metrics
         try:
             if loaded.check_input is not None:
@@ -523,6 +618,23 @@ class DataPlane:
             raise PredictionFailed(f"could not process this input: {type(exc).__name__}") from exc
         return Prediction(loaded.info.model, loaded.info.version, out)
 
+    async def _call_remote(self, loaded: LoadedModel, call: Awaitable[_T]) -> _T:
+        """A remote model's answer, counted like a local one (latency includes the hop)."""
+        m = loaded.metrics
+        started = time.perf_counter()
+        try:
+            result = await call
+        except MlgateError as exc:
+            m.error(exc.code)
+            raise
+        except Exception as exc:  # the remote layer maps its failures: this is a bug there
+            _log_failure("the remote call failed", loaded, exc)
+            m.error(PredictionFailed.code)
+            raise PredictionFailed(f"the remote model call failed: {type(exc).__name__}") from exc
+        m.invocations.inc()
+        m.latency.observe(time.perf_counter() - started)
+        return result
+
     async def _submit(self, loaded: LoadedModel, x: Any) -> Any:
         """One decoded item through the batcher (the tensor routes; :meth:`_serve` inlines this)."""
         started = time.perf_counter()
@@ -536,6 +648,18 @@ class DataPlane:
         loaded.metrics.invocations.inc()
         loaded.metrics.latency.observe(time.perf_counter() - started)
         return y
+
+
+def _connect_remote(settings: Settings) -> RemoteModels:
+    """The remote models' client named by :data:`REMOTE_MODULE` (blocking: it joins the cluster)."""
+    module = importlib.import_module(REMOTE_MODULE)
+    remote: RemoteModels = module.connect(settings)
+    return remote
+
+
+def _not_here(batch: list[Any]) -> list[Any]:
+    """A remote model's batcher never runs: its replica batches."""
+    raise ConfigurationError("this model is served remotely")
 
 
 def _input_check(manifest: Manifest) -> Callable[[Any], None] | None:

@@ -199,11 +199,13 @@ class Server:
         # The reference plan (rate 10, burst 10, 1,000 a month), the unmetered plan, and the
         # default plan checked: it must exist and limit something.
         ensure_builtin_plans(self.plans)
-        created = self.keys.ensure_admin(configured=self.settings.admin_key)
+        configured = self.settings.admin_key
+        generate = configured is None and self.settings.generate_admin_key
+        created = self.keys.ensure_admin(configured=configured) if configured or generate else None
         if created is not None:
             # The operator's own key is unmetered by an explicit attachment (``keys list`` shows it).
             self.plans.attach(created.key.id, UNMETERED_PLAN)
-        if created is not None and self.settings.admin_key is None:
+        if created is not None and configured is None:
             print(
                 "\n  mlgate: bootstrap admin key created. It is shown ONCE and stored only as a hash:\n"
                 f"    {created.secret}\n"
@@ -291,6 +293,8 @@ class Server:
                 services=self.services,
                 settings=self.settings.workflows,
                 observer=self.capture,  # model calls sampled, Fail-state executions kept for review
+                arn_region=self.settings.sfn.region,  # $$'s ARNs = the Step Functions API's
+                arn_account=self.settings.sfn.account,
             )
             workflows.deploy_bundled([w for s in self.services for w in s.workflows])
             self.workflows = workflows

@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -28,11 +29,14 @@ __all__ = [
     "LimiterSettings",
     "LogSettings",
     "MonitorSettings",
+    "RaySettings",
     "S3Settings",
     "Settings",
+    "SfnSettings",
     "StatsSettings",
     "apply_process_environment",
     "export_environ",
+    "is_loopback",
     "load_settings",
 ]
 
@@ -318,6 +322,74 @@ class TrainSettings(BaseModel):
     output_lines: int = Field(default=40, ge=1, le=1000, description="last lines of a run's output kept")
 
 
+# -- Ray Serve (mlgate.ray_serve, issue 18) ---------------------------------------------------
+class RaySettings(BaseModel):
+    """``MLGATE_RAY__*``: each model a Ray Serve deployment behind mlgate's gateway (docs/deploy.md,
+    "Ray Serve"). ``address`` set: ``mlgate serve`` runs no model itself, it forwards each model call
+    to the model's deployment (``mlgate ray deploy``); keys, plans, limits, routing stay here."""
+
+    address: str | None = Field(
+        default=None,
+        description="the Ray cluster to join as a driver (host:port of the head's GCS, or 'auto'); "
+        "unset: models run in this process",
+    )
+    namespace: str = Field(default="mlgate", description="the Ray namespace this driver joins")
+    num_replicas: int = Field(
+        default=1, ge=1, le=1024, description="replicas per model deployment (without autoscaling)"
+    )
+    autoscaling: dict[str, Any] | None = Field(
+        default=None,
+        description='Ray Serve\'s autoscaling_config per deployment, e.g. {"min_replicas": 1, '
+        '"max_replicas": 4, "target_ongoing_requests": 8}; set: num_replicas is ignored',
+    )
+    num_cpus: float = Field(default=1.0, ge=0, description="CPUs each replica reserves (Ray's num_cpus)")
+    actor_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description='more ray_actor_options for every replica, e.g. {"memory": 2000000000}',
+    )
+    max_replicas_per_node: int | None = Field(
+        default=None, ge=1, description="at most this many replicas of one model on one node"
+    )
+    max_ongoing_requests: int = Field(
+        default=64,
+        ge=1,
+        description="requests a replica takes at once (its batcher groups them; Ray's default is 5)",
+    )
+    replica_data_dir: Path | None = Field(
+        default=None,
+        description="each replica's data dir (model cache, logs) on its node; default <data_dir>/ray",
+    )
+    call_margin_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="the gateway waits for a replica this long past the model's own timeout (then 504)",
+    )
+
+
+# -- the AWS Step Functions API (http/routes_sfn.py, issue 19) --------------------------------
+class SfnSettings(BaseModel):
+    """``MLGATE_SFN__*``: the AWS Step Functions API on ``POST /`` (docs/workflows.md, "The AWS
+    Step Functions API")."""
+
+    region: str = Field(
+        default="us-east-1", pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$", description="the region in ARNs"
+    )
+    account: str = Field(default="123456789012", pattern=r"^[0-9]{12}$", description="the account in ARNs")
+    unauthenticated: bool = Field(
+        default=False,
+        description="a local emulator for AWS tools that cannot send an API key (the AWS CLI): calls "
+        "without credentials act as an admin. Only with a loopback bind address (refused at start "
+        "otherwise), and only for loopback peers",
+    )
+    sync_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=3600,
+        description="StartSyncExecution waits this long, then stops the execution (TIMED_OUT)",
+    )
+
+
 class Settings(BaseSettings):
     """Every knob of an mlgate server. Unset paths derive from ``data_dir``."""
 
@@ -389,6 +461,12 @@ class Settings(BaseSettings):
         default=None,
         description="bootstrap admin key to install (hashed) instead of generating one on first start",
     )
+    generate_admin_key: bool = Field(
+        default=True,
+        description="without admin_key, generate a random admin key on first start and print it once "
+        "to stderr; false: no admin key until admin_key is set (AWS Lambda's default: its stderr is "
+        "CloudWatch Logs, and a fresh /tmp registry would print a new credential at every cold start)",
+    )
     log: LogSettings = Field(default_factory=LogSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
@@ -400,6 +478,16 @@ class Settings(BaseSettings):
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     stats: StatsSettings = Field(default_factory=StatsSettings)  # issue 17
+    ray: RaySettings = Field(default_factory=RaySettings)  # issue 18: mlgate.ray_serve
+    sfn: SfnSettings = Field(default_factory=SfnSettings)  # issue 19: the Step Functions API
+
+    @model_validator(mode="after")
+    def _sfn_emulator_on_loopback(self) -> Settings:
+        if self.sfn.unauthenticated and not is_loopback(self.host):
+            raise ValueError(
+                f"MLGATE_SFN__UNAUTHENTICATED needs a loopback bind address (host is {self.host!r})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:
@@ -424,6 +512,16 @@ class Settings(BaseSettings):
             stem = self.model_s3_uri.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
             uris.setdefault(self.model_name or stem.lower().replace(" ", "_"), self.model_s3_uri)
         return uris
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback address or ``localhost`` (the Step Functions emulator's condition)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -110,7 +110,9 @@ def test_native_batch_and_v2(client: httpx.Client) -> None:
         "/v2/models/temperatura/infer",
         json={
             "id": "r1",
-            "inputs": [{"name": "x", "shape": [2, 60], "datatype": "FP64", "data": SEED + SEED[::-1]}],
+            "inputs": [
+                {"name": "temperaturas", "shape": [2, 60], "datatype": "FP64", "data": SEED + SEED[::-1]}
+            ],
         },
     )
     assert v2.status_code == 200, v2.text

@@ -18,6 +18,7 @@ route that takes JSON, and finite numbers that overflow inside the temperature m
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Iterator
 from datetime import timedelta
@@ -39,6 +40,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 MAX_EXAMPLES = 100 if SOAK else 15
 MODELS = ["temperatura", "cardiaco", "vehiculos", "intrusos"]
+
+
+@schemathesis.serializer("application/x-amz-json-1.0")
+def _amz_json(_: Any, value: Any) -> bytes:
+    """The Step Functions API's body (``POST /``, awsJson1_0) is JSON under AWS's media type."""
+    return json.dumps(value).encode()
+
+
 FUZZ_SETTINGS = settings(
     max_examples=MAX_EXAMPLES,
     derandomize=True,
@@ -182,7 +191,8 @@ FIELDS = ("username", "password", "name", "rate", "burst", "quota_limit", "quota
 
 
 def _tensor(datatype: str, data: str) -> str:
-    return f'{{"inputs": [{{"name": "x", "shape": [1, 60], "datatype": "{datatype}", "data": [{data}]}}]}}'
+    tensor = f'{{"name": "temperaturas", "shape": [1, 60], "datatype": "{datatype}", "data": [{data}]}}'
+    return f'{{"inputs": [{tensor}]}}'
 
 
 def _bodies() -> list[str]:

@@ -4,7 +4,7 @@ REST API (v1) events as API Gateway sends them for a ``/{proxy+}`` resource on s
 (``path`` without the stage, ``multiValueHeaders``, ``requestContext.identity.apiKey``, a
 base64 body) and HTTP API (v2) events (``rawPath`` with a named stage). The application runs
 on a temp data dir: SQLite registry, local store, the reference temperatura model.
-The Runtime Interface Emulator e2e is a separate (later) test.
+The same handler in a real Lambda runtime (the Runtime Interface Emulator): tests/e2e/test_lambda_rie_e2e.py.
 """
 
 from __future__ import annotations
@@ -143,7 +143,13 @@ def body_of(response: dict[str, Any]) -> Any:
 def lambda_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     # the handler fills in its defaults with os.environ.setdefault: each variable is recorded
     # (setenv) then removed, so monkeypatch restores the environment as it was
-    for name in (*aws_lambda.LAMBDA_DEFAULTS, "MLGATE_AUTH__MODEL_ROUTES", "MLGATE_LAMBDA_KEYS"):
+    for name in (
+        *aws_lambda.LAMBDA_DEFAULTS,
+        "MLGATE_AUTH__MODEL_ROUTES",
+        "MLGATE_LAMBDA_KEYS",
+        "LAMBDA_TASK_ROOT",
+        "MLGATE_LAMBDA_SCHEMA_DB",
+    ):
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
     monkeypatch.setenv("MLGATE_DATA_DIR", str(tmp_path))
@@ -241,3 +247,56 @@ def test_the_stage_prefix_of_http_api_paths_is_stripped() -> None:
     default["requestContext"]["stage"] = "$default"
     default["rawPath"] = default["requestContext"]["http"]["path"] = "/healthz"
     assert aws_lambda._strip_stage(default) is default
+
+
+def test_a_new_sqlite_registry_is_the_images_schema_database_not_a_migration(
+    lambda_env: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task_root = tmp_path_factory.mktemp("task")
+    aws_lambda.write_schema_db(task_root / aws_lambda.SCHEMA_DB)
+    monkeypatch.setenv("LAMBDA_TASK_ROOT", str(task_root))
+    health = aws_lambda.handler(rest_event("GET", "/healthz", api_key=None), Context())
+    assert health["statusCode"] == 200
+    assert aws_lambda._runtime is not None and aws_lambda._runtime.seeded  # copied, at head
+    assert (lambda_env / "mlgate.db").stat().st_size > 0
+    ok = aws_lambda.handler(rest_event("POST", "/prod", {"temperaturas": SEED}), Context())
+    assert ok["statusCode"] == 200, ok
+    # the next container on the same data dir (a warm /tmp cannot be, but a configured path can)
+    # keeps its registry: never overwritten
+    aws_lambda.reset()
+    aws_lambda.handler(rest_event("GET", "/healthz", api_key=None), Context())
+    assert aws_lambda._runtime is not None and not aws_lambda._runtime.seeded
+
+
+def test_the_seed_is_only_for_a_sqlite_file_that_does_not_exist(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed = tmp_path / "seed.db"
+    seed.write_bytes(b"schema")
+    monkeypatch.setenv("MLGATE_LAMBDA_SCHEMA_DB", str(seed))
+    assert not aws_lambda._seed_registry("postgresql+psycopg://u@db:5432/mlgate")
+    assert not aws_lambda._seed_registry("sqlite:///:memory:")
+    assert not aws_lambda._seed_registry(None)
+    target = tmp_path / "data" / "mlgate.db"
+    assert aws_lambda._seed_registry(f"sqlite:///{target}")
+    assert target.read_bytes() == b"schema"
+    target.write_bytes(b"registry")
+    assert not aws_lambda._seed_registry(f"sqlite:///{target}")
+    assert target.read_bytes() == b"registry"
+    monkeypatch.setenv("MLGATE_LAMBDA_SCHEMA_DB", str(tmp_path / "absent.db"))
+    assert not aws_lambda._seed_registry(f"sqlite:///{tmp_path / 'other.db'}")
+
+
+def test_the_application_is_built_in_the_init_phase_only_under_the_lambda_runtime(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("AWS_LAMBDA_RUNTIME_API", "_HANDLER", "MLGATE_LAMBDA_BUILD"):
+        monkeypatch.delenv(name, raising=False)
+    assert not aws_lambda._in_lambda_init()  # imported by tests, tools, mlgate itself
+    monkeypatch.setenv("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001")
+    monkeypatch.setenv("_HANDLER", "app.other_handler")
+    assert not aws_lambda._in_lambda_init()  # another function's handler imports this module
+    monkeypatch.setenv("_HANDLER", "mlgate.aws_lambda.handler")
+    assert aws_lambda._in_lambda_init()
+    monkeypatch.setenv("MLGATE_LAMBDA_BUILD", "invoke")
+    assert not aws_lambda._in_lambda_init()

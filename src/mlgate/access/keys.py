@@ -39,6 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
 from mlgate.access.generation import AccessGeneration
@@ -57,6 +58,8 @@ MAX_GRACE_SECONDS = 30 * 24 * 3600
 _CACHE_MAX = 65_536
 _NAME_MAX = 128
 _OWNER_MAX = 64  # users.username
+#: pg_advisory_xact_lock key serialising the bootstrap admin key across starting replicas
+_BOOTSTRAP_LOCK = 0x6D6C_6761_7465_0001  # "mlgate" + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +168,22 @@ class KeyStore:
         """Create the bootstrap admin key on first start; return it only when newly created.
 
         ``configured`` installs that secret (hashed) instead of a random one. Runs in one
-        write transaction so two starting workers cannot both create one.
+        write transaction so two starting workers cannot both create one: SQLite's is exclusive;
+        on PostgreSQL (READ COMMITTED) a transaction-scoped advisory lock serialises replicas
+        starting together on an empty database, and a unique violation still left (another
+        writer without the lock) means the key is there: nothing created.
         """
+        try:
+            return self._ensure_admin(configured)
+        except sa_exc.IntegrityError:
+            if configured is None:
+                raise
+            return None
+
+    def _ensure_admin(self, configured: str | None) -> NewKey | None:
         with write_tx(self._engine) as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _BOOTSTRAP_LOCK})
             if configured is not None:
                 where = api_keys.c.key_hash == hash_key(configured)
             else:

@@ -18,6 +18,8 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import re
@@ -251,6 +253,11 @@ class TokenIssuer:
         self._issuer = issuer
         self._leeway = leeway
         self._clock = clock
+
+    def derived_key(self, purpose: str) -> bytes:
+        """A key for another HMAC use of this secret (e.g. page tokens), independent of the JWTs':
+        HMAC-SHA256(secret, ``purpose``)."""
+        return hmac.new(self._secret.encode(), purpose.encode(), hashlib.sha256).digest()
 
     @property
     def expires_in(self) -> int:

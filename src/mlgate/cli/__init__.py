@@ -8,5 +8,8 @@
 """
 
 from mlgate.cli.main import app, main
+from mlgate.cli.ray import ray_app
+
+app.add_typer(ray_app, name="ray")  # mlgate ray deploy|status|delete (issue 18; mlgate[ray])
 
 __all__ = ["app", "main"]

@@ -239,6 +239,7 @@ def _build_fastapi(app: MlgateApp) -> FastAPI:
         routes_models,
         routes_ops,
         routes_services,
+        routes_sfn,
         routes_shadow,
         routes_stats,
         routes_train,
@@ -267,6 +268,7 @@ def _build_fastapi(app: MlgateApp) -> FastAPI:
     api.include_router(routes_auth.router)
     api.include_router(routes_access.router)
     api.include_router(routes_workflows.router)
+    api.include_router(routes_sfn.router)  # the AWS Step Functions API on POST / (issue 19)
     api.include_router(routes_capture.router)
     api.include_router(routes_drift.router)
     api.include_router(routes_alerts.router)
@@ -287,6 +289,7 @@ def _build_fastapi(app: MlgateApp) -> FastAPI:
             expose_headers=[
                 "x-request-id",
                 "retry-after",
+                "retry-after-ms",
                 "x-ratelimit-limit",
                 "x-ratelimit-remaining",
                 "x-quota-limit",

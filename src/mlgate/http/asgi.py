@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Any
 
-from mlgate.http.edge import SHED_BODY, SHED_HEADERS, Edge
-from mlgate.http.errors import wire_error
+from mlgate.http.edge import OIP_SHED_BODY, OIP_SHED_HEADERS, SHED_BODY, SHED_HEADERS, Edge
+from mlgate.http.errors import is_oip_path, wire_error
 from mlgate.http.exchange import CLIENT_CLOSED, EXCHANGE, Exchange
 from mlgate.http.wire import WireResponse, scan_headers
 from mlgate.telemetry.context import REQUEST_ID
@@ -35,6 +35,8 @@ Scope = MutableMapping[str, Any]
 Message = dict[str, Any]
 _SHED_START: Message = {"type": "http.response.start", "status": 503, "headers": SHED_HEADERS}
 _SHED_END: Message = {"type": "http.response.body", "body": SHED_BODY}
+_OIP_SHED_START: Message = {"type": "http.response.start", "status": 503, "headers": OIP_SHED_HEADERS}
+_OIP_SHED_END: Message = {"type": "http.response.body", "body": OIP_SHED_BODY}
 
 
 class AsgiDriver:
@@ -66,8 +68,9 @@ class AsgiDriver:
         if edge.at_capacity() and edge.sheds(path):
             client = scope.get("client")
             edge.shed(method, path, scope.get("query_string", b""), client[0] if client else None)
-            await send(_SHED_START)
-            await send(_SHED_END)
+            oip = is_oip_path(path)
+            await send(_OIP_SHED_START if oip else _SHED_START)
+            await send(_OIP_SHED_END if oip else _SHED_END)
             return None
         headers = scope["headers"]
         known = scan_headers(headers)

@@ -32,7 +32,7 @@ import orjson
 
 from mlgate.errors import MlgateError, Overloaded, PayloadTooLarge
 from mlgate.http.capturing import capture_answer
-from mlgate.http.errors import wire_error
+from mlgate.http.errors import is_oip_path, oip_error_body, wire_error
 from mlgate.http.exchange import CLIENT_CLOSED, UNMATCHED, Exchange, Lifecycle
 from mlgate.http.serving import ServingRoute, ServingRoutes, compile_path
 from mlgate.http.wire import KnownHeaders, WireResponse
@@ -42,6 +42,8 @@ from mlgate.telemetry.metrics import Metrics
 
 __all__ = [
     "BODY_LIMIT_SETTING",
+    "OIP_SHED_BODY",
+    "OIP_SHED_HEADERS",
     "SHED_BODY",
     "SHED_HEADERS",
     "UPLOAD_LIMIT_SETTING",
@@ -59,6 +61,13 @@ SHED_BODY = orjson.dumps({"error": Overloaded("server is at capacity; retry shor
 SHED_HEADERS = [
     (b"content-type", b"application/json"),
     (b"content-length", str(len(SHED_BODY)).encode()),
+    (b"retry-after", b"1"),
+]
+#: The same answer on the Open Inference Protocol's /v2 paths: ``{"error": "<message>"}``.
+OIP_SHED_BODY = orjson.dumps(oip_error_body(orjson.loads(SHED_BODY)))
+OIP_SHED_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(OIP_SHED_BODY)).encode()),
     (b"retry-after", b"1"),
 ]
 _SHED_WARN_EVERY_S = 10.0
@@ -96,6 +105,7 @@ class Edge(Lifecycle):
         self._shed_warned = 0.0
         self._shed_counters: dict[str, Any] = {}
         self._shed_raw: tuple[list[tuple[bytes, bytes]], bool, bytes] | None = None
+        self._oip_shed_raw: tuple[list[tuple[bytes, bytes]], bool, bytes] | None = None
 
     # -- routes ------------------------------------------------------------------------------
 
@@ -259,18 +269,27 @@ class Edge(Lifecycle):
             )
             self._shed, self._shed_warned = 0, now
 
-    def shed_response(self, default_headers: list[tuple[bytes, bytes]], keep_alive: bool) -> bytes:
-        """The shed answer as raw HTTP/1.1 bytes, with the server's default headers (date)."""
-        cached = self._shed_raw
+    def shed_response(
+        self, default_headers: list[tuple[bytes, bytes]], keep_alive: bool, path: str = ""
+    ) -> bytes:
+        """The shed answer as raw HTTP/1.1 bytes, with the server's default headers (date); on a
+        ``/v2`` ``path`` in the Open Inference Protocol's error shape."""
+        oip = is_oip_path(path)
+        cached = self._oip_shed_raw if oip else self._shed_raw
         if cached is not None and cached[0] is default_headers and cached[1] == keep_alive:
             return cached[2]
         lines = [b"HTTP/1.1 503 Service Unavailable\r\n"]
         lines.extend(b"%s: %s\r\n" % (name, value) for name, value in default_headers)
-        lines.extend(b"%s: %s\r\n" % (name, value) for name, value in SHED_HEADERS)
+        lines.extend(
+            b"%s: %s\r\n" % (name, value) for name, value in (OIP_SHED_HEADERS if oip else SHED_HEADERS)
+        )
         if not keep_alive:
             lines.append(b"connection: close\r\n")
-        raw = b"".join(lines) + b"\r\n" + SHED_BODY
-        self._shed_raw = (default_headers, keep_alive, raw)
+        raw = b"".join(lines) + b"\r\n" + (OIP_SHED_BODY if oip else SHED_BODY)
+        if oip:
+            self._oip_shed_raw = (default_headers, keep_alive, raw)
+        else:
+            self._shed_raw = (default_headers, keep_alive, raw)
         return raw
 
 

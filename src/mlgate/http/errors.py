@@ -1,9 +1,13 @@
-"""The one handler that maps errors to JSON: ``{"error": {"code", "message"[, "details"]}}``."""
+"""The one handler that maps errors to JSON: ``{"error": {"code", "message"[, "details"]}}``.
+
+One rule by path: on the Open Inference Protocol's ``/v2`` paths every error — mlgate's, a
+validation error, a gateway refusal (401/403/429), the edge's own (408/413/431, 503 shed) —
+is the protocol's ``{"error": "<message>"}``, with the same status and headers
+(:func:`oip_error_body`); the native API and the seed routes keep their envelopes."""
 
 from __future__ import annotations
 
 import logging
-import math
 from typing import TYPE_CHECKING, Any
 
 from starlette.exceptions import HTTPException
@@ -12,16 +16,31 @@ from starlette.responses import Response
 
 from mlgate.errors import MlgateError, public_text
 from mlgate.http.exchange import CLIENT_CLOSED
-from mlgate.http.gateway import GatewayRejected
+from mlgate.http.gateway import GatewayRejected, retry_headers
 from mlgate.http.jsonio import JSONResponse
 from mlgate.http.wire import WireResponse
 
 if TYPE_CHECKING:
     from fastapi import FastAPI, Request
 
-__all__ = ["error_parts", "error_response", "install_error_handlers", "response_for", "wire_error"]
+__all__ = [
+    "error_parts",
+    "error_response",
+    "install_error_handlers",
+    "is_oip_path",
+    "oip_error_body",
+    "response_for",
+    "wire_error",
+]
 
 log = logging.getLogger("mlgate.http")
+
+
+_OIP_NO_ROUTE = (
+    "no such Open Inference Protocol route: mlgate serves health, server and model metadata, model "
+    "readiness and inference (with the binary_tensor_data extension); Triton's model repository, "
+    "configuration, statistics, trace, logging and shared-memory extensions are not implemented"
+)
 
 
 def error_response(exc: MlgateError) -> JSONResponse:
@@ -41,9 +60,37 @@ def wire_error(exc: Exception, *, method: str, path: str) -> WireResponse:
     return WireResponse.json(body, status, headers)
 
 
+def is_oip_path(path: str) -> bool:
+    """True on the Open Inference Protocol's paths (``/v2``, ``/v2/...``)."""
+    return path.startswith("/v2") and (len(path) == 3 or path[3] == "/")
+
+
+def oip_error_body(body: Any) -> dict[str, str]:
+    """Any error body rendered the protocol's way: ``{"error": "<message>"}`` (the message of
+    ``{"error": {"message"}}``, ``{"error": "..."}`` or API Gateway's ``{"message"}``)."""
+    message: Any = None
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict):
+            message = error.get("message")
+        elif isinstance(error, str):
+            message = error
+        if message is None:
+            message = body.get("message")
+    return {"error": message if isinstance(message, str) and message else "request failed"}
+
+
 def error_parts(exc: Exception, *, method: str, path: str) -> tuple[int, Any, dict[str, str]]:
     """``(status, JSON body, headers)`` for any exception: gateway refusals keep their rendered
-    shape, mlgate errors give ``{"error": {...}}`` with their status, anything else is a logged 500."""
+    shape, mlgate errors give ``{"error": {...}}`` with their status, anything else is a logged 500;
+    on ``/v2`` paths the body is the protocol's ``{"error": "<message>"}`` (same status, headers)."""
+    status, body, headers = _error_parts(exc, method=method, path=path)
+    if is_oip_path(path):
+        return status, oip_error_body(body), headers
+    return status, body, headers
+
+
+def _error_parts(exc: Exception, *, method: str, path: str) -> tuple[int, Any, dict[str, str]]:
     if isinstance(exc, GatewayRejected):
         return exc.status, exc.body, exc.headers
     if isinstance(exc, MlgateError):
@@ -58,10 +105,10 @@ def error_parts(exc: Exception, *, method: str, path: str) -> tuple[int, Any, di
 
 
 def _mlgate_error(exc: MlgateError) -> tuple[int, Any, dict[str, str]]:
-    headers = {}
+    headers: dict[str, str] = {}
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+        retry_headers(retry_after, headers)
     return exc.status, {"error": exc.to_dict()}, headers
 
 
@@ -72,7 +119,7 @@ def install_error_handlers(app: FastAPI) -> None:
         # Gateway refusals, mlgate errors and anything unexpected: the edge's own rendering.
         return response_for(exc, method=request.method, path=request.url.path)
 
-    async def on_validation(_: Request, exc: Exception) -> Response:
+    async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
         body = {
@@ -82,16 +129,17 @@ def install_error_handlers(app: FastAPI) -> None:
                 "details": {"errors": errors},
             }
         }
+        if is_oip_path(request.url.path):
+            return JSONResponse(oip_error_body(body), status_code=422)
         return JSONResponse(body, status_code=422)
 
-    async def on_http(_: Request, exc: Exception) -> Response:
+    async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(
-            {"error": {"code": code, "message": public_text(str(exc.detail))}},
-            status_code=exc.status_code,
-            headers=exc.headers,
-        )
+        body: dict[str, Any] = {"error": {"code": code, "message": public_text(str(exc.detail))}}
+        if is_oip_path(request.url.path):
+            body = {"error": _OIP_NO_ROUTE if exc.status_code == 404 else public_text(str(exc.detail))}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     app.add_exception_handler(GatewayRejected, on_error)
     app.add_exception_handler(MlgateError, on_error)

@@ -2,7 +2,8 @@
 
 Refusals keep API Gateway's shapes, which existing clients know: 403
 ``{"message": "Forbidden"}``, 429 ``{"message": "Too Many Requests"}`` / ``{"message":
-"Limit Exceeded"}`` with ``Retry-After``; on a service's original routes throttling reads
+"Limit Exceeded"}`` with ``Retry-After`` (whole seconds) and ``Retry-After-Ms`` (the precise wait,
+see :func:`retry_headers`); on a service's original routes throttling reads
 ``{"error": ...}`` and 401 uses the service's own envelope. Rate-limit headers ride on
 every keyed response (the exchange adds them from its admission).
 """
@@ -29,6 +30,7 @@ __all__ = [
     "caller_identity",
     "known_model",
     "pinned_version",
+    "retry_headers",
 ]
 
 ErrorRenderer = Callable[[int, str], tuple[int, Any]]
@@ -37,6 +39,9 @@ ErrorRenderer = Callable[[int, str], tuple[int, Any]]
 PIN_HEADER = b"x-mlgate-version"
 #: The answer header naming the version that answered (a split's callers see theirs).
 VERSION_HEADER = "X-Model-Version"
+#: The precise wait next to ``Retry-After`` (docs/client.md): the draft IETF ``RateLimit`` field's
+#: reset (``t``) is whole seconds too, so clients that read milliseconds (OpenAI's, Azure's) get them.
+RETRY_AFTER_MS = "Retry-After-Ms"
 
 
 class GatewayRejected(Exception):
@@ -149,10 +154,19 @@ def _escaped(path: str) -> str:
     return path.replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
 
 
+def retry_headers(retry_after: float, headers: dict[str, str]) -> dict[str, str]:
+    """Add the wait ``retry_after`` (seconds) to ``headers``: ``Retry-After`` in whole seconds,
+    at least 1 (HTTP's delta-seconds), and ``Retry-After-Ms``, the same wait in milliseconds
+    rounded up (at least 1) — a bucket that refills in 0.1 s says ``100``, not ``1`` second."""
+    headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    headers[RETRY_AFTER_MS] = str(max(1, math.ceil(round(retry_after * 1000.0, 3))))
+    return headers
+
+
 def _rejection(exc: MlgateError, headers: dict[str, str], original: ErrorRenderer | None) -> GatewayRejected:
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+        retry_headers(retry_after, headers)
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
         if original is not None:

@@ -208,7 +208,7 @@ class HttpProtocol(HttpReader):
         if sheds and edge.at_capacity():
             edge.shed(x.method, x.path, x.query, x.client)
             keep_alive = x.keep_alive and x.complete and not self.closing
-            self.write(edge.shed_response(self.server_state.default_headers, keep_alive))
+            self.write(edge.shed_response(self.server_state.default_headers, keep_alive, x.path))
             x.status = 503  # answered and logged by Edge.shed: no exchange lifecycle for a shed request
             x.keep_alive = keep_alive
             self.done(x)

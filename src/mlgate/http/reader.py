@@ -201,7 +201,7 @@ class HttpReader(asyncio.Protocol):
             # Refused before anything else is built; its body, if any, is skipped.
             edge.shed(method, path, parsed.query or b"", self._client(self._headers))
             keep_alive = keep_alive and not self._expect  # a client waiting for 100 sends no body
-            self.write(edge.shed_response(self.server_state.default_headers, keep_alive))
+            self.write(edge.shed_response(self.server_state.default_headers, keep_alive, path))
             self.server_state.total_requests += 1
             if keep_alive:
                 self._skipping = True

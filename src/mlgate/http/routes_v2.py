@@ -1,22 +1,28 @@
 """Open Inference Protocol (KServe v2) REST routes.
 
 Health answers 200 for true and 400 for false, as the protocol asks. Tensors arrive as
-``{"name", "shape", "datatype", "data"}``; each row of the batch dimension is one item
-for the model's batcher, so v2 calls batch with everything else.
+``{"name", "shape", "datatype", "data"}`` in JSON, or in binary after a JSON header (the
+``binary_tensor_data`` extension, tritonclient's default: :mod:`mlgate.http.tensors_v2`), are
+held to the model's metadata (unknown or missing inputs, a datatype or shape the model does not
+declare, an unknown requested output: 400) after authentication and before any metering, and
+each row of the batch dimension is one item for the model's batcher, so v2 calls batch with
+everything else. Errors on ``/v2`` are the protocol's ``{"error": "<message>"}``
+(:func:`mlgate.http.errors.error_parts`).
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request
+from starlette.responses import Response
 
 from mlgate import __version__
-from mlgate.errors import InvalidInput
+from mlgate.errors import InvalidInput, NotFound
 from mlgate.http.capturing import capture_bodies
-from mlgate.http.deps import exchange_of, json_body, route_template, server_of, version_ref
+from mlgate.http.deps import exchange_of, route_template, server_of, version_ref
+from mlgate.http.exchange import Exchange
 from mlgate.http.gateway import (
     VERSION_HEADER,
     admit,
@@ -26,25 +32,35 @@ from mlgate.http.gateway import (
     pinned_version,
 )
 from mlgate.http.jsonio import JSONResponse
+from mlgate.http.tensors_v2 import (
+    BINARY_CONTENT_TYPE,
+    DATATYPES,
+    HEADER_LENGTH,
+    InferRequest,
+    check_inputs,
+    check_outputs,
+    encode_response,
+    parse_request,
+)
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
-DTYPES: dict[str, Any] = {
-    "BOOL": np.bool_,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
+#: The protocol extensions ``GET /v2`` lists (Triton's names).
+EXTENSIONS = ["binary_tensor_data"]
+_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"type": "string", "enum": list(DATATYPES)},
+        "data": {"description": "row-major values; BYTES: strings (an image: its base64 text)"},
+        "parameters": {
+            "type": "object",
+            "properties": {"binary_data_size": {"type": "integer", "minimum": 0}},
+        },
+    },
 }
-_NAMES = {np.dtype(t).name: n for n, t in DTYPES.items()}
-MAX_ELEMENTS = 16_000_000
 _INFER_BODY = {
     "requestBody": {
         "required": True,
@@ -55,65 +71,38 @@ _INFER_BODY = {
                     "required": ["inputs"],
                     "properties": {
                         "id": {"type": "string"},
-                        "inputs": {
+                        "inputs": {"type": "array", "items": _TENSOR},
+                        "outputs": {
                             "type": "array",
                             "items": {
                                 "type": "object",
-                                "required": ["name", "shape", "datatype", "data"],
+                                "required": ["name"],
                                 "properties": {
                                     "name": {"type": "string"},
-                                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-                                    "datatype": {"type": "string", "enum": sorted(DTYPES)},
-                                    "data": {},
+                                    "parameters": {
+                                        "type": "object",
+                                        "properties": {"binary_data": {"type": "boolean"}},
+                                    },
                                 },
                             },
                         },
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"binary_data_output": {"type": "boolean"}},
+                        },
                     },
                 }
-            }
+            },
+            BINARY_CONTENT_TYPE: {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": f"the JSON header ({HEADER_LENGTH} bytes), then the inputs' binary data",
+                }
+            },
         },
     }
 }
-
-
-def _tensor(spec: Any) -> tuple[str, np.ndarray]:
-    if not isinstance(spec, dict):
-        raise InvalidInput("each input is an object {name, shape, datatype, data}")
-    name, shape, datatype, data = (spec.get(k) for k in ("name", "shape", "datatype", "data"))
-    if not isinstance(name, str) or not name:
-        raise InvalidInput("input.name must be a non-empty string")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
-        raise InvalidInput(f"input '{name}': shape must be a list of non-negative integers")
-    if datatype not in DTYPES:
-        raise InvalidInput(f"input '{name}': datatype must be one of {', '.join(sorted(DTYPES))}")
-    count = math.prod(shape)
-    if count > MAX_ELEMENTS:
-        raise InvalidInput(f"input '{name}': at most {MAX_ELEMENTS} elements")
-    try:
-        flat = np.asarray(data, dtype=DTYPES[datatype]).reshape(-1)
-    except (ValueError, TypeError, OverflowError):
-        raise InvalidInput(f"input '{name}': data does not match datatype {datatype}") from None
-    if flat.size != count:
-        raise InvalidInput(f"input '{name}': {flat.size} values do not fill shape {shape}")
-    if flat.dtype.kind == "f" and not np.all(np.isfinite(flat)):
-        raise InvalidInput(f"input '{name}': NaN and infinite values are refused")
-    return name, flat.reshape(shape)
-
-
-def _output(name: str, array: np.ndarray) -> dict[str, Any]:
-    array = np.asarray(array)
-    datatype = _NAMES.get(array.dtype.name)
-    if datatype is None:
-        array = array.astype(np.float64)
-        datatype = "FP64"
-    return {
-        "name": name,
-        "shape": list(array.shape),
-        "datatype": datatype,
-        "data": array.reshape(-1).tolist(),
-    }
 
 
 @router.get("/health/live", summary="Server liveness")
@@ -130,7 +119,7 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("", summary="Server metadata")
 async def server_metadata() -> JSONResponse:
-    return JSONResponse({"name": "mlgate", "version": __version__, "extensions": []})
+    return JSONResponse({"name": "mlgate", "version": __version__, "extensions": EXTENSIONS})
 
 
 async def _metadata(request: Request, name: str, ref: str | int | None) -> JSONResponse:
@@ -158,35 +147,51 @@ async def _ready(request: Request, name: str, ref: str | int | None) -> JSONResp
     return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 400)
 
 
-async def _infer(request: Request, name: str, ref: str | int | None) -> JSONResponse:
-    body = await json_body(request)
-    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
-        raise InvalidInput('an inference request is {"inputs": [{name, shape, datatype, data}, ...]}')
-    tensors = dict(_tensor(spec) for spec in body["inputs"])
-    rows = next(iter(tensors.values())).shape[0] if next(iter(tensors.values())).ndim else 1
+def _checked(
+    x: Exchange, name: str, ref: str | int | None, parsed: InferRequest
+) -> Callable[[], Awaitable[Any]]:
+    """An :func:`admit` check: the model exists (:func:`known_model`), and the request fits its
+    metadata — after authentication (an anonymous caller learns nothing), before metering."""
+    known = known_model(x, name, ref)
+
+    async def check() -> Any:
+        info = await known()
+        loaded = await x.server.dataplane.ensure_loaded(info)
+        metadata = loaded.runtime.metadata()
+        check_inputs(name, metadata, parsed)
+        check_outputs(name, metadata, parsed)
+        return info
+
+    return check
+
+
+async def _infer(request: Request, name: str, ref: str | int | None) -> Response:
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":
+        raise InvalidInput(f"Content-Encoding {encoding} is not supported: send the request uncompressed")
+    raw = await request.body()
+    parsed = parse_request(raw, request.headers.get(HEADER_LENGTH))
+    first = next(iter(parsed.tensors.values()))
+    rows = first.shape[0] if first.ndim else 1
     if rows < 1:
         raise InvalidInput("an inference request needs at least one row (the first dimension is 0)")
     x = exchange_of(request)
-    await admit(x, model=name, cost=max(1, int(rows)), check=known_model(x, name, ref))
+    await admit(x, model=name, cost=max(1, int(rows)), check=_checked(x, name, ref, parsed))
     pin = pinned_version(x)
     info, outputs = await server_of(request).dataplane.infer_tensors(
-        name, tensors, version=ref if pin is None else pin, who=caller_identity(x)
+        name, parsed.tensors, version=ref if pin is None else pin, who=caller_identity(x)
     )
     x.model = info.model
     x.version = str(info.version)
-    response: dict[str, Any] = {
-        "model_name": info.model,
-        "model_version": str(info.version),
-        "outputs": [_output(n, a) for n, a in outputs.items()],
-    }
-    if isinstance(body.get("id"), str):
-        response["id"] = body["id"]
-    answer = JSONResponse(response, headers={VERSION_HEADER: str(info.version)})
+    head: dict[str, Any] = {"model_name": info.model, "model_version": str(info.version)}
+    if parsed.id is not None:
+        head["id"] = parsed.id
+    body, headers, content_type = encode_response(info.model, head, outputs, parsed)
+    answer = Response(body, media_type=content_type, headers={VERSION_HEADER: str(info.version), **headers})
     rate = x.server.capture.rate(info.model)
     if rate > 0.0:  # data capture (one dict lookup when off)
-        raw = await request.body()
         route = route_template(request)
-        capture_bodies(x, rate, raw, x.content_type, bytes(answer.body), "application/json", route=route)
+        capture_bodies(x, rate, raw, x.content_type, body, content_type, route=route)
     return answer
 
 
@@ -211,12 +216,28 @@ async def version_ready(name: str, version: str, request: Request) -> JSONRespon
 
 
 @router.post("/models/{name}/infer", summary="Inference", openapi_extra=_INFER_BODY)
-async def infer(name: str, request: Request) -> JSONResponse:
+async def infer(name: str, request: Request) -> Response:
     return await _infer(request, name, None)
 
 
 @router.post(
     "/models/{name}/versions/{version}/infer", summary="Inference on a version", openapi_extra=_INFER_BODY
 )
-async def infer_version(name: str, version: str, request: Request) -> JSONResponse:
+async def infer_version(name: str, version: str, request: Request) -> Response:
     return await _infer(request, name, version_ref(version))
+
+
+_NO_CONFIG = (
+    "model configuration is Triton's model_configuration extension, which mlgate does not implement: "
+    "GET /v2/models/{name} gives the model's metadata (inputs, outputs, datatypes, shapes)"
+)
+
+
+@router.get("/models/{name}/config", include_in_schema=False)
+async def model_config(name: str) -> JSONResponse:
+    raise NotFound(_NO_CONFIG)
+
+
+@router.get("/models/{name}/versions/{version}/config", include_in_schema=False)
+async def version_config(name: str, version: str) -> JSONResponse:
+    raise NotFound(_NO_CONFIG)

@@ -82,6 +82,7 @@ __all__ = [
     "decode_cost",
     "decode_image",
     "decode_image_input",
+    "image_tensor_metadata",
     "set_decode_concurrency",
     "sniff_image_format",
 ]
@@ -348,6 +349,26 @@ def decode_image_input(
     if isinstance(payload, bytearray | memoryview):
         return decode_image(bytes(payload), max_pixels=max_pixels, max_decode_bytes=max_decode_bytes)
     raise InvalidInput(f"expected an image (bytes or base64 text), not {type(payload).__name__}")
+
+
+def image_tensor_metadata(name: str, max_pixels: int, **parameters: Any) -> dict[str, Any]:
+    """An image input as ``GET /v2/models/{name}`` declares it: a ``BYTES`` tensor ``[-1]`` of
+    encoded images (JPEG, PNG or WebP; in a JSON request each element is the image's base64 text,
+    in binary its raw bytes), or — ``also_accepts`` — decoded ``UINT8`` pixels ``[N, H, W, 3]``
+    (BGR), both within the same decode budgets as the native routes (``max_pixels``)."""
+    return {
+        "name": name,
+        "datatype": "BYTES",
+        "shape": [-1],
+        "parameters": {
+            "content_type": "image",
+            "formats": ["jpeg", "png", "webp"],
+            "json_encoding": "base64",
+            "max_pixels": max_pixels,
+            **parameters,
+            "also_accepts": [{"datatype": "UINT8", "shape": [-1, -1, -1, 3], "layout": "NHWC BGR"}],
+        },
+    }
 
 
 def _pillow() -> Any:

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from mlgate.errors import ConfigurationError, InvalidInput
-from mlgate.runtimes.base import LoadContext, ModelRuntime, import_optional, load_failed
-from mlgate.runtimes.images import DEFAULT_MAX_PIXELS, decode_image_input
+from mlgate.runtimes.base import LoadContext, ModelRuntime, import_optional, load_failed, oip_datatype
+from mlgate.runtimes.images import DEFAULT_MAX_PIXELS, decode_image_input, image_tensor_metadata
 
 __all__ = ["OpenCvDnnRuntime"]
 
@@ -51,6 +51,8 @@ class OpenCvDnnRuntime(ModelRuntime):
         self._swap_rb = False
         self._crop = False
         self._max_pixels = DEFAULT_MAX_PIXELS
+        #: one image's outputs as the net gives them (shape, dtype), seen at warm-up: the metadata's
+        self._seen: list[tuple[tuple[int, ...], str]] | None = None
 
     def load(self, ctx: LoadContext) -> None:
         cv2 = import_optional("cv2", extra="opencv")
@@ -136,6 +138,8 @@ class OpenCvDnnRuntime(ModelRuntime):
         return [np.asarray(o) for o in self._net.forward(self._out_names)]
 
     def _pack(self, outputs: list[np.ndarray], image: np.ndarray) -> dict[str, Any]:
+        if self._seen is None:
+            self._seen = [(tuple(int(d) for d in o.shape), oip_datatype(o.dtype)) for o in outputs]
         output: Any = outputs[0] if len(outputs) == 1 else dict(zip(self._out_names, outputs, strict=True))
         return {"output": output, "height": int(image.shape[0]), "width": int(image.shape[1])}
 
@@ -152,12 +156,19 @@ class OpenCvDnnRuntime(ModelRuntime):
         return result
 
     def metadata(self) -> dict[str, Any]:
+        """What :meth:`encode_tensors` returns: the net's output (``output``; its layer names when
+        it has several) over the batch, then each image's ``height`` and ``width``."""
         width, height = self._size
+        names = ["output"] if len(self._out_names) == 1 else self._out_names
+        seen = self._seen or [((), "FP32")] * len(names)
+        outputs = [
+            {"name": n, "datatype": datatype, "shape": _batched_shape(shape)}
+            for n, (shape, datatype) in zip(names, seen, strict=True)
+        ]
+        outputs += [{"name": n, "datatype": "INT64", "shape": [-1]} for n in ("height", "width")]
         return {
-            "inputs": [
-                {"name": "image", "datatype": "BYTES", "shape": [-1], "parameters": {"size": [width, height]}}
-            ],
-            "outputs": [{"name": n, "datatype": "FP32", "shape": [-1]} for n in self._out_names],
+            "inputs": [image_tensor_metadata("image", self._max_pixels, size=[width, height])],
+            "outputs": outputs,
         }
 
     def warmup_input(self) -> np.ndarray:
@@ -166,6 +177,14 @@ class OpenCvDnnRuntime(ModelRuntime):
 
     def close(self) -> None:
         self._net = None
+
+
+def _batched_shape(shape: tuple[int, ...]) -> list[int]:
+    """An output's shape over a batch (see :func:`_concat`): SSD detections ``[1, 1, -1, 7]`` (the
+    images' rows stacked, column 0 the image), anything else ``[-1, ...]``; ``[-1]`` if unseen."""
+    if len(shape) == 4 and shape[:2] == (1, 1) and shape[3] == 7:
+        return [1, 1, -1, 7]
+    return [-1, *shape[1:]]
 
 
 def _is_detections(array: np.ndarray) -> bool:

@@ -243,11 +243,11 @@ class SklearnRuntime(ModelRuntime):
         classes = getattr(self._estimator, "classes_", None)
         if self._method == "predict_proba":
             n = len(classes) if isinstance(classes, np.ndarray) and classes.ndim == 1 else -1
-            output = {"name": "output-0", "datatype": "FP64", "shape": [-1, n]}
+            output = {"name": "output_0", "datatype": "FP64", "shape": [-1, n]}
         elif isinstance(classes, np.ndarray):
-            output = {"name": "output-0", "datatype": oip_datatype(classes.dtype), "shape": [-1]}
+            output = {"name": "output_0", "datatype": oip_datatype(classes.dtype), "shape": [-1]}
         else:
-            output = {"name": "output-0", "datatype": "FP64", "shape": [-1]}
+            output = {"name": "output_0", "datatype": "FP64", "shape": [-1]}
         return {"inputs": inputs, "outputs": [output]}
 
 

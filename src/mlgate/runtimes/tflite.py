@@ -32,7 +32,7 @@ from mlgate.runtimes.base import (
     numeric_array,
     oip_datatype,
 )
-from mlgate.runtimes.images import DEFAULT_MAX_PIXELS, decode_image_input
+from mlgate.runtimes.images import DEFAULT_MAX_PIXELS, decode_image_input, image_tensor_metadata
 
 __all__ = ["TfliteRuntime"]
 
@@ -177,9 +177,7 @@ class TfliteRuntime(ModelRuntime):
         name = self._input["name"]
         if self._mode == "image":
             height, width, _ = self._item_shape
-            inputs = [
-                {"name": name, "datatype": "BYTES", "shape": [-1], "parameters": {"size": [width, height]}}
-            ]
+            inputs = [image_tensor_metadata(name, self._max_pixels, size=[width, height])]
         else:
             dtype = np.dtype(self._input["dtype"])
             datatype = "FP32" if _scale(self._input) != 0.0 else oip_datatype(dtype)

@@ -34,7 +34,7 @@ import numpy as np
 
 from mlgate.errors import ConfigurationError, InvalidInput, PredictionFailed, UnsafeArtifact
 from mlgate.runtimes.base import LoadContext, ModelRuntime, import_optional, load_failed
-from mlgate.runtimes.images import DEFAULT_MAX_PIXELS, decode_image_input
+from mlgate.runtimes.images import DEFAULT_MAX_PIXELS, decode_image_input, image_tensor_metadata
 from mlgate.types import RawInput
 
 __all__ = ["YoloRuntime", "letterbox", "nms", "postprocess"]
@@ -222,14 +222,7 @@ class YoloRuntime(ModelRuntime):
         height, width = self._imgsz
         names = [self._names[i] for i in sorted(self._names)]
         return {
-            "inputs": [
-                {
-                    "name": "image",
-                    "datatype": "BYTES",
-                    "shape": [-1],
-                    "parameters": {"imgsz": [height, width]},
-                }
-            ],
+            "inputs": [image_tensor_metadata("image", self._max_pixels, imgsz=[height, width])],
             "outputs": [
                 {"name": "boxes", "datatype": "FP32", "shape": [-1, -1, 4]},
                 {"name": "scores", "datatype": "FP32", "shape": [-1, -1]},

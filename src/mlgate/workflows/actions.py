@@ -33,14 +33,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import inspect
 import logging
 import mimetypes
 import re
 import threading
+import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +65,10 @@ from mlgate.errors import (
 from mlgate.runtimes.images import sniff_image_format
 from mlgate.settings import S3Settings
 from mlgate.store import ArtifactStore, FileArtifactStore, is_s3, open_store
+from mlgate.workflows import arns
 from mlgate.workflows.engine import TaskCall, TaskFailure, TaskInvoker
 from mlgate.workflows.export import iter_states
+from mlgate.workflows.jsonata import is_jsonata
 from mlgate.workflows.mapping import (
     MappedResource,
     PathError,
@@ -284,13 +288,17 @@ class Actions:
                 _check_bucket(call.input, mapping.buckets)
             return await self._native(resource, call.input, call, start_child, as_lambda=False)
         if resource == LAMBDA_INVOKE:
-            return await self._lambda_invoke(call, mapping, start_child)
+            with _as_lambda_error():
+                return await self._lambda_invoke(call, mapping, start_child)
         if resource in START_EXECUTION:
             return await self._start_execution(resource, call, mapping, start_child)
         entry = mapping.lookup(resource)
         if entry is None:
             raise TaskFailure("Mlgate.UnmappedResource", f"resource {resource!r} is not in the mapping file")
-        return await self._mapped(entry, call.input, call, start_child)
+        if function_name(resource) is None:
+            return await self._mapped(entry, call.input, call, start_child)
+        with _as_lambda_error():
+            return await self._mapped(entry, call.input, call, start_child)
 
     async def _native(
         self, resource: str, data: Any, call: TaskCall, start_child: ChildStarter | None, *, as_lambda: bool
@@ -357,7 +365,12 @@ class Actions:
             raise TaskFailure(
                 "Lambda.ResourceNotFoundException", f"function {name!r} is not in the mapping file"
             )
-        payload = params.get("Payload", {})
+        payload = params.get("Payload")
+        if payload is None:
+            payload = {}
+        elif isinstance(payload, str):  # JSON text, as Lambda's Invoke takes it (else the string itself)
+            with contextlib.suppress(orjson.JSONDecodeError):
+                payload = orjson.loads(payload)
         output = await self._mapped(entry, payload, call, start_child)
         return {"ExecutedVersion": "$LATEST", "Payload": output, "StatusCode": 200}
 
@@ -385,7 +398,9 @@ class Actions:
             output: Any = outcome.output
         else:
             output = dumps(outcome.output)
-        return {"ExecutionArn": outcome.execution_id, "Output": output, "Status": outcome.status}
+        # the child's name is its id (started without a name)
+        child_arn = arns.execution_arn(workflow, outcome.execution_id)
+        return {"ExecutionArn": child_arn, "Output": output, "Status": outcome.status}
 
     # -- the actions --------------------------------------------------------------------------
 
@@ -496,8 +511,8 @@ class Actions:
             resource = state.get("Resource")
             if state.get("Type") != "Task" or not isinstance(resource, str):
                 continue
-            params = state.get("Parameters") if isinstance(state.get("Parameters"), dict) else {}
-            assert isinstance(params, dict)
+            params = state.get("Parameters", state.get("Arguments"))  # Arguments: a JSONata state's
+            params = params if isinstance(params, dict) else {}
             problem = self._check_resource(resource, params, mapping)
             if problem:
                 problems.append(f"state {where!r}: {problem}")
@@ -516,10 +531,10 @@ class Actions:
             return None
         if resource == LAMBDA_INVOKE:
             function = params.get("FunctionName")
-            if "FunctionName.$" in params:
+            if "FunctionName.$" in params or is_jsonata(function):
                 return None  # chosen at run time
             if not isinstance(function, str):
-                return f"{LAMBDA_INVOKE} needs Parameters.FunctionName"
+                return f"{LAMBDA_INVOKE} needs Parameters.FunctionName (Arguments.FunctionName in JSONata)"
             if mapping.lookup(function) is None:
                 return f"function {function!r} is not in the mapping file"
             return None
@@ -529,6 +544,35 @@ class Actions:
             hint = f" (function {function_name(resource)!r})" if function_name(resource) else ""
             return f"resource {resource!r}{hint} is not in the mapping file"
         return None
+
+
+#: errors a "Lambda" function does not raise itself: the Lambda service's, Step Functions' and
+#: mlgate's own (a mapping that names nothing) keep a plain-text cause
+_SERVICE_ERRORS = ("Lambda.", "States.", "Mlgate.")
+
+
+@contextlib.contextmanager
+def _as_lambda_error() -> Iterator[None]:
+    """A mapped Lambda's failure as Step Functions reports a function error.
+
+    The error is the function's ``errorType`` (already the action's error name) and the cause is
+    the JSON text of Lambda's error payload: ``{"errorMessage", "errorType", "requestId",
+    "stackTrace"}`` (``stackTrace`` is empty: mlgate does not show server frames).
+    """
+    try:
+        yield
+    except TaskFailure as failure:
+        if failure.error.startswith(_SERVICE_ERRORS):
+            raise
+        cause = dumps(
+            {
+                "errorMessage": failure.cause or failure.error,
+                "errorType": failure.error,
+                "requestId": str(uuid.uuid4()),
+                "stackTrace": [],
+            }
+        )
+        raise TaskFailure(failure.error, cause) from failure
 
 
 def _check_bucket(params: Any, allowed: tuple[str, ...] | None) -> None:

@@ -7,11 +7,20 @@ the task's result, raises :class:`TaskFailure` for a named error, or raises anyt
 
 Data flow per state, as Step Functions does it: ``InputPath`` → ``Parameters`` (``.$`` keys,
 ``$$`` context object, intrinsics) → the task → ``ResultSelector`` → ``ResultPath`` (into the
-state's *raw* input; ``null`` discards the result) → ``OutputPath``. Retry and Catch wrap
-everything from ``Parameters`` to ``ResultPath``; a catcher's ``ResultPath`` places the error
-output ``{"Error", "Cause"}`` (Cause only when there is one) into the raw input and
-``OutputPath`` is not applied. Bad ``InputPath``/``OutputPath``/``ItemsPath``/Choice
-variables are ``States.Runtime`` errors, which nothing can catch.
+state's *raw* input; ``null`` discards the result) → ``OutputPath`` (which may read ``$$``).
+Retry and Catch wrap everything from ``Parameters`` to ``ResultPath``; a catcher's
+``ResultPath`` places the error output ``{"Error", "Cause"}`` (Cause only when there is one)
+into the raw input and ``OutputPath`` is not applied. Bad ``InputPath``/``OutputPath``/
+``ItemsPath``/Choice variables, and a ``.$`` field of ``Parameters``/``ResultSelector``/
+``ItemSelector`` whose path names nothing, are ``States.Runtime`` errors, which nothing can
+catch (AWS's recorded executions do so, although its docs list ``States.ParameterPathFailure``).
+JSONata states (``Arguments``/``Output``/``Assign``) run as :class:`~mlgate.workflows.states.JsonataRunner`
+describes; their failures are ``States.QueryEvaluationError``.
+
+The context object is AWS's: ``Execution`` (``Id`` = the execution ARN, ``Input``, ``Name``,
+``RoleArn``, ``StartTime``, ``RedriveCount``), ``StateMachine`` (``Id`` = its ARN, ``Name``),
+``State`` (``EnteredTime``, ``Name``, ``RetryCount``) and, in ``ItemSelector``, ``Map.Item``
+(``Index``, ``Value``); ARNs come from :mod:`mlgate.workflows.arns`.
 
 Every step is reported to ``on_event`` as a :class:`HistoryEvent`, with event types named as
 in AWS history: ``ExecutionStarted``, ``<Type>StateEntered`` / ``<Type>StateExited`` (no
@@ -19,7 +28,8 @@ Exited for a state that fails uncaught, nor for Fail states), ``TaskScheduled``,
 ``TaskStarted``, ``TaskSucceeded``, ``TaskFailed``, ``TaskTimedOut``, ``RetryScheduled``
 (details ``error``, ``cause``, ``attempt``, ``retrier``, ``delay_seconds``),
 ``ParallelStateStarted/Succeeded/Failed``, ``ParallelBranchStarted/Succeeded/Failed/Aborted``
-(``index``), ``MapStateStarted`` (``length``), ``MapStateSucceeded/Failed``,
+(``index``), ``MapStateStarted`` (``length``), ``MapStateSucceeded/Failed`` (``Parallel/MapStateFailed``
+only when the failure is final, not before a retry, as AWS),
 ``MapIterationStarted/Succeeded/Failed/Aborted`` (``index``), and one of
 ``ExecutionSucceeded``, ``ExecutionFailed``, ``ExecutionTimedOut``, ``ExecutionAborted``.
 Events from inside a branch or iteration carry ``details["scope"]``, e.g.
@@ -56,6 +66,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from mlgate.workflows import arns
 from mlgate.workflows.clock import Clock, FakeClock, SystemClock
 from mlgate.workflows.execution import (
     ExecutionResult,
@@ -90,8 +101,14 @@ log = logging.getLogger(__name__)
 class Interpreter:
     """Runs one execution of a :class:`StateMachine` (create one interpreter per execution).
 
-    ``rng`` drives retry jitter (``JitterStrategy: FULL``) and ``States.MathRandom``;
-    ``state_machine_id`` defaults to ``state_machine_name`` (``$$.StateMachine.Id``).
+    ``rng`` drives retry jitter (``JitterStrategy: FULL``) and ``States.MathRandom``.
+
+    ``execution_id`` is mlgate's id of the execution (what :class:`TaskCall` carries). The
+    context object is shaped as AWS's: ``$$.Execution.Id`` is the execution's ARN
+    (``execution_arn``, by default built by :mod:`mlgate.workflows.arns` from the state machine
+    and execution names — or ``execution_id`` itself when that is already an ARN),
+    ``$$.StateMachine.Id`` the state machine's ARN (``state_machine_id``, by default from
+    ``state_machine_name``), and ``$$.Execution.RoleArn`` is ``role_arn``.
     """
 
     def __init__(
@@ -105,6 +122,8 @@ class Interpreter:
         execution_name: str = "",
         state_machine_name: str = "",
         state_machine_id: str = "",
+        execution_arn: str = "",
+        role_arn: str = arns.ROLE_ARN,
         rng: random.Random | None = None,
     ) -> None:
         self.machine = machine
@@ -112,9 +131,15 @@ class Interpreter:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.rng = rng if rng is not None else random.Random()
         self.execution_id = execution_id
-        self.execution_name = execution_name
+        self.execution_name = execution_name or execution_id
         self.state_machine_name = state_machine_name
-        self.state_machine_id = state_machine_id or state_machine_name
+        self.state_machine_id = state_machine_id or arns.state_machine_arn(state_machine_name)
+        name = execution_name or execution_id
+        if not execution_arn:
+            is_arn = execution_id.startswith("arn:")
+            execution_arn = execution_id if is_arn else arns.execution_arn(state_machine_name, name)
+        self.execution_arn = execution_arn
+        self.role_arn = role_arn
         self._on_event = on_event
         self._event_id = 0
         self._deadline: datetime | None = None
@@ -138,7 +163,7 @@ class Interpreter:
         self._on_event(HistoryEvent(self._event_id, type_, self.clock.now(), state, body))
 
     def context(self, state: str, entered: datetime, retry_count: int = 0) -> dict[str, Any]:
-        """The ``$$`` context object for a state (``Task.Token`` is absent: no callbacks)."""
+        """The ``$$`` context object for a state, as AWS shapes it (no ``Task.Token``: no callbacks)."""
         return {
             "Execution": self.execution_context,
             "StateMachine": self.machine_context,
@@ -176,10 +201,12 @@ class Interpreter:
         self._deadline = started + timedelta(seconds=timeout) if timeout is not None else None
         data = copy_json(input)
         self.execution_context = {
-            "Id": self.execution_id,
+            "Id": self.execution_arn,
             "Input": data,
             "Name": self.execution_name,
+            "RoleArn": self.role_arn,
             "StartTime": iso_time(started),
+            "RedriveCount": 0,
         }
         self.emit("ExecutionStarted", None, {"input": data})
         limit = asyncio.timeout(timeout)

@@ -27,6 +27,7 @@ __all__ = [
     "ITEM_READER_FAILURE",
     "NO_CHOICE_MATCHED",
     "PARAMETER_PATH_FAILURE",
+    "QUERY_EVALUATION_ERROR",
     "RESULT_PATH_MATCH_FAILURE",
     "RUNTIME",
     "TASK_FAILED",
@@ -45,6 +46,7 @@ INTRINSIC_FAILURE = "States.IntrinsicFailure"
 ITEM_READER_FAILURE = "States.ItemReaderFailure"
 NO_CHOICE_MATCHED = "States.NoChoiceMatched"
 PARAMETER_PATH_FAILURE = "States.ParameterPathFailure"
+QUERY_EVALUATION_ERROR = "States.QueryEvaluationError"
 RESULT_PATH_MATCH_FAILURE = "States.ResultPathMatchFailure"
 RUNTIME = "States.Runtime"
 TASK_FAILED = "States.TaskFailed"

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from mlgate.workflows.choice import ChoiceRule
+from mlgate.workflows.jsonata import JsonataFields
 from mlgate.workflows.paths import ROOT, JsonPath
 from mlgate.workflows.template import Expression, Template
 
@@ -55,6 +56,8 @@ class Catcher:
     error_equals: tuple[str, ...]
     next: str
     result_path: JsonPath | None = ROOT
+    #: a JSONata state's catcher: its Output and Assign
+    ja: JsonataFields | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +71,8 @@ class State:
     end: bool = False
     input_path: JsonPath | None = ROOT
     output_path: JsonPath | None = ROOT
+    #: set for a ``QueryLanguage: "JSONata"`` state (whose JSONPath fields are then unused)
+    ja: JsonataFields | None = None
 
     def transitions(self) -> list[str]:
         """Every state this one can go to."""
@@ -109,7 +114,9 @@ class ChoiceState(State):
     default: str | None = None
 
     def transitions(self) -> list[str]:
-        return [rule.next for rule in self.choices] + ([self.default] if self.default else [])
+        rules = [rule.next for rule in self.choices]
+        rules += [rule.next for rule in self.ja.rules] if self.ja is not None else []
+        return rules + ([self.default] if self.default else [])
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -51,7 +51,15 @@ class PathSyntaxError(PathError):
 
 
 class PathNotFound(PathError):
-    """The path names nothing in the data (or cannot be applied to it)."""
+    """The path names nothing in the data (or cannot be applied to it).
+
+    ``path`` is the path's text and ``root`` what it was applied to (when known); a payload
+    template sets ``field`` to the ``.$`` key whose path failed.
+    """
+
+    path: str | None = None
+    root: Any = None
+    field: str | None = None
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -137,7 +145,9 @@ class JsonPath:
 
     def _not_found(self, root: Any) -> PathNotFound:
         where = "the context object" if self.context else f"the input {preview(root)}"
-        return PathNotFound(f"The JSONPath '{self.text}' could not be found in {where}")
+        error = PathNotFound(f"The JSONPath '{self.text}' could not be found in {where}")
+        error.path, error.root = self.text, root
+        return error
 
     def __repr__(self) -> str:
         return f"JsonPath({self.text!r})"

@@ -51,6 +51,7 @@ from mlgate.settings import S3Settings, WorkflowSettings
 from mlgate.store import ArtifactStore
 from mlgate.telemetry.metrics import Metrics
 from mlgate.types import BundledWorkflow, Service
+from mlgate.workflows import arns
 from mlgate.workflows.actions import Actions, ChildOutcome, ChildStarter, DataBuckets, WorkflowObserver
 from mlgate.workflows.engine import (
     Clock,
@@ -334,8 +335,13 @@ class WorkflowService:
         max_events: int = 25_000,
         definition_ttl_s: float = 1.0,
         settings: WorkflowSettings | None = None,
+        arn_region: str = arns.REGION,
+        arn_account: str = arns.ACCOUNT,
     ) -> None:
         self.store = store
+        #: the region and account of the ARNs in ``$$`` (the Step Functions API's: MLGATE_SFN__*)
+        self.arn_region = arn_region
+        self.arn_account = arn_account
         self.actions = actions
         self.clock: Clock = clock or SystemClock()
         self.metrics = metrics
@@ -714,6 +720,13 @@ class WorkflowService:
             execution_id=record.id,
             execution_name=record.name,
             state_machine_name=record.workflow,
+            state_machine_id=arns.state_machine_arn(
+                record.workflow, region=self.arn_region, account=self.arn_account
+            ),
+            execution_arn=arns.execution_arn(
+                record.workflow, record.name, region=self.arn_region, account=self.arn_account
+            ),
+            role_arn=arns.role_arn(account=self.arn_account),
         )
         run.interpreter = interpreter
         status: Status
@@ -863,6 +876,22 @@ class WorkflowService:
     async def describe(self, execution_id: str) -> ExecutionRecord:
         return await asyncio.to_thread(self.store.describe, execution_id)
 
+    async def wait(self, execution_id: str, *, poll_s: float = 0.5) -> ExecutionRecord:
+        """The execution once it has ended: its task when it runs here (shielded: a waiter that
+        gives up leaves it running), else the database polled every ``poll_s``."""
+        run = self._runs.get(execution_id)
+        if run is not None and run.task is not None:
+            return await asyncio.shield(run.task)
+        while True:
+            record = await self.describe(execution_id)
+            if record.status != "RUNNING":
+                return record
+            await asyncio.sleep(poll_s)
+
+    def forget(self, name: str) -> None:
+        """Drop ``name``'s cached definition at once (the workflow was deleted)."""
+        self._compiled.pop(name, None)
+
     async def list_executions(
         self,
         *,
@@ -896,6 +925,8 @@ def create_workflow_service(
     services: Sequence[Service] = (),
     settings: WorkflowSettings | None = None,
     observer: WorkflowObserver | None = None,
+    arn_region: str = arns.REGION,
+    arn_account: str = arns.ACCOUNT,
 ) -> WorkflowService:
     """The service a server runs: actions over its dataplane and store, services' functions;
     ``observer`` (data capture) is told of model invocations and of executions failed for review."""
@@ -903,6 +934,13 @@ def create_workflow_service(
     actions = Actions(
         dataplane=dataplane, buckets=DataBuckets(store, s3=s3), functions=functions, observer=observer
     )
-    service = WorkflowService(WorkflowStore(engine), actions=actions, metrics=metrics, settings=settings)
+    service = WorkflowService(
+        WorkflowStore(engine),
+        actions=actions,
+        metrics=metrics,
+        settings=settings,
+        arn_region=arn_region,
+        arn_account=arn_account,
+    )
     service.observer = observer
     return service

@@ -1,4 +1,4 @@
-"""State machine definitions: parse and validate Amazon States Language (JSONPath) into frozen objects.
+"""State machine definitions: parse and validate Amazon States Language into frozen objects.
 
 :func:`parse_definition` checks a whole definition at once and reports *every* problem in one
 :class:`mlgate.errors.InvalidInput` (``details["errors"]``, one sentence each, located like
@@ -6,9 +6,13 @@
 and choice rules are compiled here, once, so running a state does no parsing.
 
 Supported: Task, Choice, Pass, Wait, Succeed, Fail, Parallel and Map (INLINE processing; the
-``DISTRIBUTED`` mode is accepted and run inline, without ItemReader/ResultWriter). The JSONata
-query language, variables (``Assign``) and Map runs over S3 (``ItemReader``) are refused with a
-clear message. Numbers that AWS wants as integers (``TimeoutSeconds``, ``IntervalSeconds``)
+``DISTRIBUTED`` mode is accepted and run inline, without ItemReader/ResultWriter), in both
+query languages: JSONPath (the default) and JSONata (``"QueryLanguage": "JSONata"`` on the
+state machine or on a state: ``Arguments``, ``Output``, ``Assign`` and variables, ``Condition``,
+``Items``, ``{% … %}`` expressions; a JSONata state refuses the JSONPath fields, as AWS does, and
+a JSONata state machine cannot have JSONPath states). Variables (``Assign``) exist in JSONata
+states only; in a JSONPath state they are refused, as are Map runs over S3 (``ItemReader``).
+Numbers that AWS wants as integers (``TimeoutSeconds``, ``IntervalSeconds``)
 may be fractional here. ``Credentials`` and ``HeartbeatSeconds`` are validated and ignored.
 State names must be unique across the whole machine, branches and processors included.
 
@@ -20,7 +24,9 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -28,6 +34,7 @@ from mlgate.errors import InvalidInput
 from mlgate.workflows.choice import ChoiceRule, compile_choice_rule
 from mlgate.workflows.failures import ALL
 from mlgate.workflows.intrinsics import IntrinsicSyntaxError
+from mlgate.workflows.jsonata import JsonataFields, JsonataRule, JsonataValue, compile_value, is_jsonata
 from mlgate.workflows.model import (
     Catcher,
     ChoiceState,
@@ -88,10 +95,14 @@ _FIELDS: dict[str, frozenset[str]] = {
     | {"ItemsPath", "ItemSelector", "Parameters", "ItemProcessor", "Iterator", "MaxConcurrency"}
     | {"MaxConcurrencyPath", "Label"},
 }
+_JSONATA_ONLY = {
+    "Assign": "variables ('Assign') are supported in JSONata states only here "
+    '(set "QueryLanguage": "JSONata"); pass data with ResultPath',
+    "Arguments": '\'Arguments\' is a JSONata field: set "QueryLanguage": "JSONata" (or use Parameters)',
+    "Output": '\'Output\' is a JSONata field: set "QueryLanguage": "JSONata" (or use OutputPath)',
+    "Items": '\'Items\' is a JSONata field: set "QueryLanguage": "JSONata" (or use ItemsPath)',
+}
 _UNSUPPORTED = {
-    "Assign": "variables ('Assign') are not supported; pass data with ResultPath",
-    "Arguments": "'Arguments' belongs to the JSONata query language, which is not supported",
-    "Output": "'Output' belongs to the JSONata query language, which is not supported",
     "ItemReader": "'ItemReader' (Map runs over S3) is not supported; pass the items in the input",
     "ItemBatcher": "'ItemBatcher' is not supported",
     "ResultWriter": "'ResultWriter' is not supported",
@@ -105,6 +116,44 @@ _UNSUPPORTED = {
         "tolerated failures are not supported (any failed iteration fails the Map)",
     ),
 }
+
+
+_JA_FLOW_STATE = _COMMON | _FLOW | {"Output", "Assign"}
+_JA_RETRIED = frozenset({"Retry", "Catch"})
+_JA_FIELDS: dict[str, frozenset[str]] = {
+    "Pass": _JA_FLOW_STATE,
+    "Task": _JA_FLOW_STATE
+    | _JA_RETRIED
+    | {"Resource", "Arguments", "TimeoutSeconds", "HeartbeatSeconds", "Credentials"},
+    "Choice": _COMMON | {"Choices", "Default", "Output", "Assign"},
+    "Wait": _JA_FLOW_STATE | {"Seconds", "Timestamp"},
+    "Succeed": _COMMON | {"Output"},
+    "Fail": _COMMON | {"Error", "Cause"},
+    "Parallel": _JA_FLOW_STATE | _JA_RETRIED | {"Branches", "Arguments"},
+    "Map": _JA_FLOW_STATE
+    | _JA_RETRIED
+    | {"ItemProcessor", "Iterator", "Items", "ItemSelector", "MaxConcurrency", "Label"},
+}
+#: fields of the JSONPath query language, which a JSONata state refuses (as AWS does)
+_JSONPATH_ONLY = frozenset(
+    {
+        "InputPath",
+        "Parameters",
+        "ResultSelector",
+        "ResultPath",
+        "OutputPath",
+        "ItemsPath",
+        "SecondsPath",
+        "TimestampPath",
+        "TimeoutSecondsPath",
+        "HeartbeatSecondsPath",
+        "ErrorPath",
+        "CausePath",
+        "MaxConcurrencyPath",
+        "Result",
+    }
+)
+_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def parse_definition(doc: dict[str, Any] | str) -> StateMachine:
@@ -137,6 +186,8 @@ class _Parser:
     def __init__(self) -> None:
         self.errors: list[str] = []
         self.names: dict[str, str] = {}
+        #: the state machine's QueryLanguage, which its states inherit
+        self.language = "JSONPath"
 
     def report(self, message: str) -> None:
         self.errors.append(message)
@@ -154,7 +205,10 @@ class _Parser:
         for key in raw:
             if key not in allowed:
                 self.report(f"{label}: unknown field '{key}'")
-        self.query_language(raw, label)
+        if top:
+            self.language = self.query_language(raw, label)
+        elif "QueryLanguage" in raw:
+            self.report(f"{label}: QueryLanguage is set on the state machine or on a state")
         if processor and "ProcessorConfig" in raw:
             config = raw["ProcessorConfig"]
             mode = config.get("Mode", "INLINE") if isinstance(config, dict) else None
@@ -194,10 +248,12 @@ class _Parser:
             raw=raw,
         )
 
-    def query_language(self, raw: Mapping[str, Any], where: str) -> None:
-        language = raw.get("QueryLanguage", "JSONPath")
-        if language != "JSONPath":
-            self.report(f"{where}.QueryLanguage: only JSONPath is supported (got {language!r})")
+    def query_language(self, raw: Mapping[str, Any], where: str, default: str = "JSONPath") -> str:
+        language = raw.get("QueryLanguage", default)
+        if language not in ("JSONPath", "JSONata"):
+            self.report(f"{where}.QueryLanguage: must be JSONPath or JSONata (got {language!r})")
+            return default
+        return str(language)
 
     def check_graph(
         self, states: Mapping[str, State], start_at: str | None, prefix: str, names: set[str]
@@ -239,12 +295,23 @@ class _Parser:
         if kind not in _FIELDS:
             self.report(f"{where}: unknown Type {kind!r} (use one of {', '.join(_FIELDS)})")
             return None
+        language = self.query_language(raw, where, self.language)
+        if language == "JSONPath" and self.language == "JSONata":
+            self.report(f"{where}.QueryLanguage: a state cannot use JSONPath in a JSONata state machine")
+        jsonata = language == "JSONata"
         for key in raw:
             if key in _UNSUPPORTED:
                 self.report(f"{where}: {_UNSUPPORTED[key]}")
-            elif key not in _FIELDS[kind] and key not in _FLOW:  # Next/End misuse: reported by flow()
-                self.report(f"{where}: unknown field '{key}' for a {kind} state")
-        self.query_language(raw, where)
+            elif jsonata and key in _JSONPATH_ONLY:
+                self.report(
+                    f"{where}: '{key}' is a JSONPath field; a JSONata state uses Arguments and Output"
+                )
+            elif not jsonata and key in _JSONATA_ONLY:
+                self.report(f"{where}: {_JSONATA_ONLY[key]}")
+            elif key not in (_JA_FIELDS if jsonata else _FIELDS)[kind] and key not in _FLOW:
+                self.report(f"{where}: unknown field '{key}' for a {kind} state")  # Next/End: flow()
+        if jsonata:
+            return self.jsonata_state(name, raw, where, kind)
         common: dict[str, Any] = {
             "name": name,
             "type": kind,
@@ -401,6 +468,164 @@ class _Parser:
             max_concurrency_path=self.reference_path(raw, "MaxConcurrencyPath", where),
         )
 
+    # -- JSONata states -------------------------------------------------------------------
+
+    def jsonata_state(self, name: str, raw: dict[str, Any], where: str, kind: str) -> State:
+        """A ``QueryLanguage: "JSONata"`` state: its JSONata fields, compiled, in ``state.ja``."""
+        common: dict[str, Any] = {
+            "name": name,
+            "type": kind,
+            "comment": self.text(raw, "Comment", where) or "",
+        }
+        common.update(self.flow(raw, where, kind))
+        value = functools.partial(self.ja_value, raw, where=where)
+        fields: dict[str, Any] = {"output": value("Output"), "assign": self.ja_assign(raw, where)}
+        retried: dict[str, Any] = {}
+        if kind in ("Task", "Parallel", "Map"):
+            retried = {
+                "retry": self.retriers(raw.get("Retry", []), f"{where}.Retry"),
+                "catch": self.catchers(raw.get("Catch", []), f"{where}.Catch", jsonata=True),
+            }
+        if kind in ("Task", "Parallel"):
+            fields["arguments"] = value("Arguments")
+        if kind == "Pass":
+            return PassState(**common, ja=JsonataFields(**fields))
+        if kind == "Succeed":
+            return SucceedState(**common, ja=JsonataFields(**fields))
+        if kind == "Fail":
+            for key in ("Error", "Cause"):
+                if key in raw and not isinstance(raw[key], str):
+                    self.report(f"{where}.{key}: must be a string (or a JSONata expression)")
+            return FailState(**common, ja=JsonataFields(error=value("Error"), cause=value("Cause")))
+        if kind == "Task":
+            resource = raw.get("Resource")
+            if not isinstance(resource, str) or not resource:
+                self.report(f"{where}.Resource: missing (a Task needs a Resource string)")
+                resource = ""
+            fields["timeout_seconds"] = self.ja_number(raw, "TimeoutSeconds", where, positive=True)
+            self.ja_number(raw, "HeartbeatSeconds", where, positive=True)
+            return TaskState(**common, **retried, resource=resource, ja=JsonataFields(**fields))
+        if kind == "Choice":
+            return self.ja_choice(raw, where, common, fields)
+        if kind == "Wait":
+            given = [key for key in ("Seconds", "Timestamp") if key in raw]
+            if len(given) != 1:
+                self.report(f"{where}: a Wait state needs exactly one of Seconds, Timestamp")
+            fields["seconds"] = self.ja_number(raw, "Seconds", where, positive=False)
+            timestamp = raw.get("Timestamp")
+            if "Timestamp" in raw and not is_jsonata(timestamp) and parse_timestamp(timestamp) is None:
+                self.report(f"{where}.Timestamp: must be an RFC 3339 timestamp (or a JSONata expression)")
+            fields["timestamp"] = value("Timestamp")
+            return WaitState(**common, ja=JsonataFields(**fields))
+        if kind == "Parallel":
+            branches_raw = raw.get("Branches")
+            branches: list[StateMachine] = []
+            if not isinstance(branches_raw, list) or not branches_raw:
+                self.report(f"{where}.Branches: a Parallel state needs a non-empty array of Branches")
+            else:
+                branches = [self.machine(b, f"{where}.Branches[{i}]") for i, b in enumerate(branches_raw)]
+            return ParallelState(**common, **retried, branches=tuple(branches), ja=JsonataFields(**fields))
+        # Map
+        if "ItemProcessor" in raw and "Iterator" in raw:
+            self.report(f"{where}: use ItemProcessor or the legacy Iterator, not both")
+        key = "ItemProcessor" if "ItemProcessor" in raw else "Iterator"
+        processor = None
+        if key not in raw:
+            self.report(f"{where}: a Map state needs an ItemProcessor (or the legacy Iterator)")
+        else:
+            processor = self.machine(raw[key], f"{where}.{key}", processor=key == "ItemProcessor")
+        items = raw.get("Items")
+        if "Items" in raw and not (is_jsonata(items) or isinstance(items, list)):
+            self.report(f"{where}.Items: must be an array or a JSONata expression")
+        fields["items"] = value("Items")
+        fields["item_selector"] = value("ItemSelector")
+        concurrency = raw.get("MaxConcurrency")
+        if (
+            "MaxConcurrency" in raw
+            and not is_jsonata(concurrency)
+            and not (isinstance(concurrency, int) and not isinstance(concurrency, bool) and concurrency >= 0)
+        ):
+            self.report(f"{where}.MaxConcurrency: must be a non-negative integer (or a JSONata expression)")
+        fields["max_concurrency"] = value("MaxConcurrency")
+        return MapState(**common, **retried, processor=processor, ja=JsonataFields(**fields))
+
+    def ja_choice(
+        self, raw: dict[str, Any], where: str, common: dict[str, Any], fields: dict[str, Any]
+    ) -> State:
+        choices = raw.get("Choices")
+        rules: list[JsonataRule] = []
+        if not isinstance(choices, list) or not choices:
+            self.report(f"{where}.Choices: a Choice state needs a non-empty array of Choices")
+            choices = []
+        for i, rule in enumerate(choices):
+            here = f"{where}.Choices[{i}]"
+            if not isinstance(rule, dict):
+                self.report(f"{here}: a choice rule must be an object")
+                continue
+            for key in rule:
+                if key not in ("Condition", "Next", "Assign", "Output", "Comment"):
+                    hint = (
+                        " (a JSONata rule has a Condition)"
+                        if key not in ("Variable", "And", "Or", "Not")
+                        else ""
+                    )
+                    if key in ("Variable", "And", "Or", "Not"):
+                        hint = "; a JSONata rule has a Condition expression instead"
+                    self.report(f"{here}: unknown field '{key}' in a JSONata choice rule{hint}")
+            condition = rule.get("Condition")
+            target = rule.get("Next")
+            if not is_jsonata(condition) and not isinstance(condition, bool):
+                self.report(f"{here}.Condition: must be a JSONata expression '{{% … %}}' (or true/false)")
+                continue
+            if not isinstance(target, str):
+                self.report(f"{here}: a choice rule needs a 'Next' state name")
+                continue
+            rules.append(
+                JsonataRule(
+                    condition=compile_value(condition, self.report, f"{here}.Condition"),
+                    next=target,
+                    assign=self.ja_assign(rule, here),
+                    output=self.ja_value(rule, "Output", where=here),
+                )
+            )
+        default = raw.get("Default")
+        if default is not None and not isinstance(default, str):
+            self.report(f"{where}.Default: must be a state name")
+            default = None
+        return ChoiceState(**common, default=default, ja=JsonataFields(**fields, rules=tuple(rules)))
+
+    def ja_value(self, raw: Mapping[str, Any], key: str, where: str) -> JsonataValue | None:
+        if key not in raw:
+            return None
+        return compile_value(raw[key], self.report, f"{where}.{key}")
+
+    def ja_number(
+        self, raw: Mapping[str, Any], key: str, where: str, *, positive: bool
+    ) -> JsonataValue | None:
+        if key not in raw:
+            return None
+        value = raw[key]
+        if not is_jsonata(value) and not (is_number(value) and (value > 0 if positive else value >= 0)):
+            kind = "a positive" if positive else "a non-negative"
+            self.report(f"{where}.{key}: must be {kind} number (or a JSONata expression)")
+            return None
+        return compile_value(value, self.report, f"{where}.{key}")
+
+    def ja_assign(self, raw: Mapping[str, Any], where: str) -> JsonataValue | None:
+        if "Assign" not in raw:
+            return None
+        assign = raw["Assign"]
+        if not isinstance(assign, dict):
+            self.report(f"{where}.Assign: must be an object of variable names to values")
+            return None
+        for name in assign:
+            if not isinstance(name, str) or not _VARIABLE.match(name) or name == "states":
+                self.report(
+                    f"{where}.Assign: '{name}' is not a variable name (letters, digits and _, "
+                    "not starting with a digit; 'states' is reserved)"
+                )
+        return compile_value(assign, self.report, f"{where}.Assign")
+
     # -- fields ---------------------------------------------------------------------------
 
     def resulting(self, raw: dict[str, Any], where: str, parameters: str = "Parameters") -> dict[str, Any]:
@@ -523,7 +748,7 @@ class _Parser:
             )
         return tuple(found)
 
-    def catchers(self, raw: Any, where: str) -> tuple[Catcher, ...]:
+    def catchers(self, raw: Any, where: str, *, jsonata: bool = False) -> tuple[Catcher, ...]:
         if not isinstance(raw, list):
             self.report(f"{where}: must be an array of catchers")
             return ()
@@ -533,15 +758,29 @@ class _Parser:
             if not isinstance(item, dict):
                 self.report(f"{here}: a catcher must be an object")
                 continue
+            known = (
+                "ErrorEquals",
+                "Next",
+                "Comment",
+                *(("Output", "Assign") if jsonata else ("ResultPath",)),
+            )
             for key in item:
-                if key in _UNSUPPORTED:
-                    self.report(f"{here}: {_UNSUPPORTED[key]}")
-                elif key not in ("ErrorEquals", "Next", "ResultPath", "Comment"):
+                if not jsonata and key in _JSONATA_ONLY:
+                    self.report(f"{here}: {_JSONATA_ONLY[key]}")
+                elif jsonata and key in _JSONPATH_ONLY:
+                    self.report(f"{here}: '{key}' is a JSONPath field; a JSONata catcher uses Output")
+                elif key not in known:
                     self.report(f"{here}: unknown field '{key}' in a catcher")
             errors = self.error_equals(item, here, last=i == len(raw) - 1)
             target = item.get("Next")
             if not isinstance(target, str):
                 self.report(f"{here}.Next: a catcher needs a Next state name")
                 continue
-            found.append(Catcher(errors, target, self.result_path(item, "ResultPath", here)))
+            if jsonata:
+                fields = JsonataFields(
+                    output=self.ja_value(item, "Output", here), assign=self.ja_assign(item, here)
+                )
+                found.append(Catcher(errors, target, ROOT, fields))
+            else:
+                found.append(Catcher(errors, target, self.result_path(item, "ResultPath", here)))
         return tuple(found)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlgate.workflows.intrinsics import Intrinsic, IntrinsicSyntaxError, compile_intrinsic, is_intrinsic
-from mlgate.workflows.paths import JsonPath, PathSyntaxError, compile_path
+from mlgate.workflows.paths import JsonPath, PathNotFound, PathSyntaxError, compile_path
 from mlgate.workflows.values import copy_json
 
 __all__ = ["Expression", "Template", "compile_expression", "compile_template", "evaluate_expression"]
@@ -87,7 +87,15 @@ def _build(node: _Node, data: Any, context: Any, rng: random.Random | None) -> A
     if isinstance(node, _Dynamic):
         return evaluate_expression(node.expression, data, context, rng)
     if isinstance(node, _Object):
-        return {key: _build(child, data, context, rng) for key, child in node.fields}
+        built = {}
+        for key, child in node.fields:
+            try:
+                built[key] = _build(child, data, context, rng)
+            except PathNotFound as exc:
+                if exc.field is None and isinstance(child, _Dynamic):
+                    exc.field = f"{key}.$"
+                raise
+        return built
     return [_build(child, data, context, rng) for child in node.items]
 
 

@@ -147,7 +147,7 @@ def test_metadata_lists_the_columns(cars: tuple[Path, Any, Any]) -> None:
     kinds = {i["name"]: (i["datatype"], i["shape"], i["parameters"]["kind"]) for i in meta["inputs"]}
     assert kinds["Origin"] == ("BYTES", [-1], "str")
     assert kinds["Horsepower"] == ("FP64", [-1], "float")
-    assert meta["outputs"] == [{"name": "output-0", "datatype": "FP64", "shape": [-1]}]
+    assert meta["outputs"] == [{"name": "output_0", "datatype": "FP64", "shape": [-1]}]
 
 
 def test_manifest_params_from_the_training_frame(cars: tuple[Path, Any, Any]) -> None:

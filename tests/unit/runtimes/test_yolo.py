@@ -174,7 +174,7 @@ def test_imgsz_from_dynamic_input_metadata(tmp_path: Path) -> None:
     runtime = _runtime(tmp_path)
     assert runtime.warmup_input().shape == (64, 64, 3)
     assert _rows(runtime.predict([np.zeros((128, 256, 3), np.uint8)])[0]) == EXPECTED
-    assert runtime.metadata()["inputs"][0]["parameters"] == {"imgsz": [64, 64]}
+    assert runtime.metadata()["inputs"][0]["parameters"]["imgsz"] == [64, 64]
 
 
 def test_end_to_end_head_needs_only_the_confidence_filter(tmp_path: Path) -> None:

@@ -361,7 +361,11 @@ def test_child_workflows_native_and_aws_forms() -> None:
             )
         )
     )
-    assert sync2 == {"ExecutionArn": "c1", "Output": {"child": {"b": 2}}, "Status": "SUCCEEDED"}
+    assert sync2 == {  # AWS names the child by its execution ARN
+        "ExecutionArn": "arn:aws:states:us-east-1:123456789012:execution:kid:c1",
+        "Output": {"child": {"b": 2}},
+        "Status": "SUCCEEDED",
+    }
     sync1 = run(
         invoke(
             call(

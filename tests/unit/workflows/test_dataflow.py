@@ -100,20 +100,25 @@ def test_inputpath_to_a_missing_field_is_a_runtime_error_nothing_catches() -> No
     assert run.tasks.calls == []
 
 
-def test_a_parameter_path_to_a_missing_field_is_a_catchable_parameter_path_failure() -> None:
+def test_a_parameter_path_to_a_missing_field_is_a_runtime_error_as_on_aws() -> None:
+    # AWS's recorded executions (and moto's executing parser) fail with States.Runtime, which
+    # nothing catches, although the error docs list States.ParameterPathFailure
     definition = machine(
         {
             "T": task(
                 Parameters={"x.$": "$.missing"},
                 End=True,
-                Catch=[{"ErrorEquals": ["States.ParameterPathFailure"], "Next": "Caught"}],
+                Catch=[{"ErrorEquals": ["States.ALL"], "Next": "Caught"}],
             ),
             "Caught": {"Type": "Pass", "End": True},
         }
     )
     run = execute(definition, {"present": 1})
-    assert run.status == "SUCCEEDED"
-    assert run.output["Error"] == "States.ParameterPathFailure"
+    assert (run.status, run.error) == ("FAILED", "States.Runtime")
+    assert run.cause == (
+        "An error occurred while executing the state 'T'. The JSONPath '$.missing' specified for "
+        """the field 'x.$' could not be found in the input '{"present":1}'"""
+    )
 
 
 # -- The context object -----------------------------------------------------------------------------
@@ -148,16 +153,23 @@ def test_the_context_object_has_execution_state_and_state_machine() -> None:
         state_machine_name="stateMachineName",
     )
     context = run.tasks.calls[0].input["ctx"]
+    # as AWS shapes it: ids are ARNs, and the execution has a role
     assert context == {
         "Execution": {
-            "Id": "exec-1",
+            "Id": "arn:aws:states:us-east-1:123456789012:execution:stateMachineName:executionName",
             "Input": {"key": "value"},
             "Name": "executionName",
+            "RoleArn": "arn:aws:iam::123456789012:role/mlgate-workflows",
             "StartTime": "2024-01-01T00:00:00.000Z",
+            "RedriveCount": 0,
         },
         "State": {"EnteredTime": "2024-01-01T00:00:00.000Z", "Name": "Test", "RetryCount": 0},
-        "StateMachine": {"Id": "stateMachineName", "Name": "stateMachineName"},
+        "StateMachine": {
+            "Id": "arn:aws:states:us-east-1:123456789012:stateMachine:stateMachineName",
+            "Name": "stateMachineName",
+        },
     }
+    assert run.tasks.calls[0].execution_id == "exec-1"  # mlgate's own id, for the invoker
     assert "Task" not in context  # no callback tokens here
     assert run.tasks.calls[0].context["State"]["Name"] == "Test"
 

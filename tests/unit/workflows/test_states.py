@@ -159,7 +159,8 @@ def test_task_call_carries_resource_state_execution_and_context() -> None:
         "Infer",
         "e-1",
     )
-    assert call.context["Execution"]["Id"] == "e-1"
+    # the context object has the execution's ARN (its name defaults to the id)
+    assert call.context["Execution"]["Id"] == "arn:aws:states:us-east-1:123456789012:execution::e-1"
 
 
 def test_a_task_failure_names_the_error() -> None:

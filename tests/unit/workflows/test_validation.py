@@ -311,15 +311,15 @@ def test_task_without_resource() -> None:
         ({"Type": "Fail", "InputPath": "$"}, "States.A: unknown field 'InputPath' for a Fail state"),
         (
             {"Type": "Task", "Resource": "r", "Assign": {}, "End": True},
-            "States.A: variables ('Assign') are not supported",
+            "States.A: variables ('Assign') are supported in JSONata states only here",
         ),
         (
             {"Type": "Task", "Resource": "r", "Arguments": {}, "End": True},
-            "States.A: 'Arguments' belongs to the JSONata",
+            "States.A: 'Arguments' is a JSONata field",
         ),
         (
-            {"Type": "Pass", "QueryLanguage": "JSONata", "End": True},
-            "States.A.QueryLanguage: only JSONPath is supported",
+            {"Type": "Pass", "QueryLanguage": "JSONata", "Result": 1, "End": True},
+            "States.A: 'Result' is a JSONPath field; a JSONata state uses Arguments and Output",
         ),
         ({"Type": "Wait", "End": True}, "States.A: a Wait state needs exactly one of"),
         (
