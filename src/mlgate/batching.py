@@ -66,6 +66,11 @@ class Batcher:
         return len(self._queue)
 
     @property
+    def free(self) -> int:
+        """Items the queue takes before it answers :class:`Overloaded`."""
+        return max(0, self._config.max_queue - len(self._queue))
+
+    @property
     def in_flight(self) -> int:
         return self._executor.busy
 
@@ -104,6 +109,28 @@ class Batcher:
         # with it, which the collector and _deliver already treat as "skip this item"; a batch
         # already running keeps its slot until it really ends.
         return await future
+
+    async def submit_all(self, values: list[Any], *, timeout: float) -> list[Any]:
+        """Queue every item of ``values`` or none (:class:`Overloaded` when the queue has not room
+        for all: a request is never partly queued); their outputs in order. When one fails, or
+        the caller is cancelled, the items still queued are dropped (never run for nothing)."""
+        if len(values) > self.free:
+            raise Overloaded("model queue is full", retry_after=self._retry_after())
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        futures: list[asyncio.Future[Any]] = []
+        for value in values:
+            future: asyncio.Future[Any] = loop.create_future()
+            self._queue.append(_Item(value, future, now))
+            self._watch(loop, now + timeout, future, timeout)
+            futures.append(future)
+        self._wakeup.set()
+        try:
+            return list(await asyncio.gather(*futures))
+        except BaseException:
+            for future in futures:  # the collector skips them; a batch already running ends
+                future.cancel()
+            raise
 
     def _watch(
         self, loop: asyncio.AbstractEventLoop, deadline: float, future: asyncio.Future[Any], timeout: float

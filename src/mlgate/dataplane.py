@@ -51,6 +51,7 @@ from mlgate.errors import (
     InvalidInput,
     MlgateError,
     ModelLoadError,
+    Overloaded,
     PredictionFailed,
     UnsafeArtifact,
     exception_summary,
@@ -61,6 +62,7 @@ from mlgate.repository import DEFAULT_ALIAS, Repository
 from mlgate.routing import Route, Router
 from mlgate.runtimes import create_runtime
 from mlgate.runtimes.base import LoadContext, ModelRuntime
+from mlgate.runtimes.images import DEFAULT_MAX_PIXELS, check_request_images
 from mlgate.settings import Settings
 from mlgate.telemetry.context import current_request_id
 from mlgate.telemetry.metrics import Metrics, ModelMetrics
@@ -565,14 +567,34 @@ class DataPlane:
         version: str | int | None = None,
         who: str | None = None,
     ) -> tuple[VersionInfo, dict[str, np.ndarray]]:
-        """Open Inference Protocol: rows of the input tensor(s) in, stacked output tensors out."""
+        """Open Inference Protocol: rows of the input tensor(s) in, stacked output tensors out.
+
+        A request is queued whole or not at all: more rows than the model's queue holds is a 400
+        (it could never pass), more than it has room for now a 503 before anything is decoded or
+        queued. A heavy decode (images) runs on a worker thread — each image within the decode
+        slots and budgets of :mod:`mlgate.runtimes.images`, the request's images together within
+        one image's pixels, checked from their headers before any is decoded."""
         info, loaded = await self.choose(name, version, who)
         if loaded.remote is not None:
             encoded = await self._call_remote(loaded, loaded.remote.infer(tensors, timeout=loaded.timeout_s))
         else:
-            items = loaded.runtime.decode_tensors(tensors)
-            outputs = await asyncio.gather(*(self._submit(loaded, x) for x in items))
-            encoded = loaded.runtime.encode_tensors(list(outputs))
+            first = next(iter(tensors.values()), None)
+            rows = int(first.shape[0]) if first is not None and first.ndim else 1
+            queue = info.manifest.batching.max_queue
+            if rows > queue:
+                loaded.metrics.error(InvalidInput.code)
+                raise InvalidInput(
+                    f"model '{info.model}' queues at most {queue} rows: this request has {rows}"
+                )
+            if rows > loaded.batcher.free:
+                loaded.metrics.error(Overloaded.code)
+                raise Overloaded("model queue is full", retry_after=1.0)
+            if loaded.runtime.heavy_decode:
+                items = await asyncio.to_thread(_decode_tensors, loaded, tensors)
+            else:
+                items = _decode_tensors(loaded, tensors)
+            outputs = await self._submit_all(loaded, items)
+            encoded = loaded.runtime.encode_tensors(outputs)
         for array in encoded.values():  # as _check_finite: JSON has no inf/NaN (it would read null)
             values = np.asarray(array)
             if values.dtype.kind in "fc" and not np.isfinite(values).all():
@@ -635,19 +657,59 @@ class DataPlane:
         m.latency.observe(time.perf_counter() - started)
         return result
 
-    async def _submit(self, loaded: LoadedModel, x: Any) -> Any:
-        """One decoded item through the batcher (the tensor routes; :meth:`_serve` inlines this)."""
+    async def _submit_all(self, loaded: LoadedModel, items: list[Any]) -> list[Any]:
+        """Decoded rows through the batcher, all queued or none (the tensor routes)."""
         started = time.perf_counter()
         try:
-            y = await loaded.batcher.submit(x, timeout=loaded.timeout_s)
-        except MlgateError:
+            outputs = await loaded.batcher.submit_all(items, timeout=loaded.timeout_s)
+        except MlgateError as exc:
+            loaded.metrics.error(exc.code)
             raise
         except Exception as exc:
             _log_failure("the model raised", loaded, exc)
+            loaded.metrics.error(PredictionFailed.code)
             raise PredictionFailed(f"the model failed on this input: {type(exc).__name__}") from exc
-        loaded.metrics.invocations.inc()
-        loaded.metrics.latency.observe(time.perf_counter() - started)
-        return y
+        loaded.metrics.invocations.inc(len(items))
+        elapsed = time.perf_counter() - started
+        for _ in items:
+            loaded.metrics.latency.observe(elapsed)
+        return outputs
+
+
+def _decode_tensors(loaded: LoadedModel, tensors: dict[str, np.ndarray]) -> list[Any]:
+    """The runtime's rows of ``tensors`` (blocking when the decode is heavy: on a worker thread
+    there, where each image takes a decode slot). Encoded images are first checked together from
+    their headers (:func:`check_request_images`); a decoder's bug is a 500 without its repr."""
+    runtime = loaded.runtime
+    try:
+        if runtime.heavy_decode:
+            _check_images(runtime, tensors)
+        return runtime.decode_tensors(tensors)
+    except MlgateError as exc:
+        loaded.metrics.error(exc.code)
+        raise
+    except Exception as exc:
+        _log_failure("decoding the tensors failed", loaded, exc)
+        loaded.metrics.error(PredictionFailed.code)
+        raise PredictionFailed(f"could not decode this input: {type(exc).__name__}") from exc
+
+
+def _check_images(runtime: ModelRuntime, tensors: dict[str, np.ndarray]) -> None:
+    """The encoded images of a request (BYTES tensors) within one image's pixels in all: the
+    image input's declared ``max_pixels``, else :data:`DEFAULT_MAX_PIXELS`."""
+    max_pixels = DEFAULT_MAX_PIXELS
+    for spec in runtime.metadata().get("inputs") or []:
+        params = spec.get("parameters") if isinstance(spec, dict) else None
+        if isinstance(params, dict) and params.get("content_type") == "image":
+            declared = params.get("max_pixels")
+            if isinstance(declared, int) and not isinstance(declared, bool) and declared > 0:
+                max_pixels = declared
+    payloads: list[Any] = []
+    for array in tensors.values():
+        if array.dtype == object:
+            payloads.extend(array.reshape(-1).tolist())
+    if payloads:
+        check_request_images(payloads, max_pixels=max_pixels)
 
 
 def _connect_remote(settings: Settings) -> RemoteModels:

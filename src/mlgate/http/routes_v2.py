@@ -25,6 +25,7 @@ from mlgate.http.deps import exchange_of, route_template, server_of, version_ref
 from mlgate.http.exchange import Exchange
 from mlgate.http.gateway import (
     VERSION_HEADER,
+    Units,
     admit,
     authenticate,
     caller_identity,
@@ -41,6 +42,7 @@ from mlgate.http.tensors_v2 import (
     check_outputs,
     encode_response,
     parse_request,
+    rows_of,
 )
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
@@ -147,36 +149,53 @@ async def _ready(request: Request, name: str, ref: str | int | None) -> JSONResp
     return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 400)
 
 
+class _Parsed:
+    """What the admission check read and parsed (the body, for capture; the request)."""
+
+    __slots__ = ("raw", "request")
+
+    def __init__(self) -> None:
+        self.raw = b""
+        self.request: InferRequest | None = None
+
+
 def _checked(
-    x: Exchange, name: str, ref: str | int | None, parsed: InferRequest
+    request: Request, x: Exchange, name: str, ref: str | int | None, into: _Parsed
 ) -> Callable[[], Awaitable[Any]]:
-    """An :func:`admit` check: the model exists (:func:`known_model`), and the request fits its
-    metadata — after authentication (an anonymous caller learns nothing), before metering."""
+    """An :func:`admit` check, run after authentication (an anonymous caller learns nothing and
+    costs no parse) and before metering: the model exists (:func:`known_model`), then the body is
+    read and parsed, its rows capped, and the request held to the model's metadata. Its cost is
+    its rows (one unit each)."""
     known = known_model(x, name, ref)
 
     async def check() -> Any:
         info = await known()
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding != "identity":
+            raise InvalidInput(f"Content-Encoding {encoding} is not supported: send the request uncompressed")
+        into.raw = await request.body()
+        parsed = into.request = parse_request(into.raw, request.headers.getlist(HEADER_LENGTH))
+        rows = rows_of(parsed)  # before anything is decoded
         loaded = await x.server.dataplane.ensure_loaded(info)
         metadata = loaded.runtime.metadata()
         check_inputs(name, metadata, parsed)
         check_outputs(name, metadata, parsed)
-        return info
+        queue = info.manifest.batching.max_queue
+        if rows > queue:  # it could never be queued whole: not a 503 to retry
+            raise InvalidInput(
+                f"model '{name}' queues at most {queue} rows: this request has {rows}, split it"
+            )
+        return Units(rows)
 
     return check
 
 
 async def _infer(request: Request, name: str, ref: str | int | None) -> Response:
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding != "identity":
-        raise InvalidInput(f"Content-Encoding {encoding} is not supported: send the request uncompressed")
-    raw = await request.body()
-    parsed = parse_request(raw, request.headers.get(HEADER_LENGTH))
-    first = next(iter(parsed.tensors.values()))
-    rows = first.shape[0] if first.ndim else 1
-    if rows < 1:
-        raise InvalidInput("an inference request needs at least one row (the first dimension is 0)")
     x = exchange_of(request)
-    await admit(x, model=name, cost=max(1, int(rows)), check=_checked(x, name, ref, parsed))
+    read = _Parsed()
+    await admit(x, model=name, check=_checked(request, x, name, ref, read))
+    parsed = read.request
+    assert parsed is not None  # the check parsed it
     pin = pinned_version(x)
     info, outputs = await server_of(request).dataplane.infer_tensors(
         name, parsed.tensors, version=ref if pin is None else pin, who=caller_identity(x)
@@ -191,7 +210,7 @@ async def _infer(request: Request, name: str, ref: str | int | None) -> Response
     rate = x.server.capture.rate(info.model)
     if rate > 0.0:  # data capture (one dict lookup when off)
         route = route_template(request)
-        capture_bodies(x, rate, raw, x.content_type, body, content_type, route=route)
+        capture_bodies(x, rate, read.raw, x.content_type, body, content_type, route=route)
     return answer
 
 

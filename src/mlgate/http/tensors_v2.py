@@ -39,6 +39,7 @@ __all__ = [
     "DTYPES",
     "HEADER_LENGTH",
     "MAX_ELEMENTS",
+    "MAX_ROWS",
     "InferRequest",
     "Requested",
     "check_inputs",
@@ -46,6 +47,7 @@ __all__ = [
     "datatype_of",
     "encode_response",
     "parse_request",
+    "rows_of",
     "serialize_bytes",
 ]
 
@@ -71,6 +73,8 @@ DATATYPES = (*sorted(DTYPES), "BYTES")
 _NAMES = {np.dtype(t).name: n for n, t in DTYPES.items()}
 #: The most elements one tensor may declare (its shape's product).
 MAX_ELEMENTS = 16_000_000
+#: The most rows (first dimension) one request may hold: the native batch route's cap.
+MAX_ROWS = 1024
 _MAX_RANK = 32
 _LENGTH = struct.Struct("<I")
 
@@ -98,9 +102,14 @@ class InferRequest:
 # -- the request ---------------------------------------------------------------------------------
 
 
-def parse_request(body: bytes, header_length: str | None) -> InferRequest:
+def parse_request(body: bytes, header_length: str | list[str] | None) -> InferRequest:
     """The request in ``body``; ``header_length`` is the ``Inference-Header-Content-Length``
-    header's value (None: the body is all JSON)."""
+    header's value, or its values (None or none: the body is all JSON; more than one: 400, the
+    framing would be ambiguous)."""
+    if isinstance(header_length, list):
+        if len(header_length) > 1:
+            raise InvalidInput(f"the request has {len(header_length)} {HEADER_LENGTH} headers: send one")
+        header_length = header_length[0] if header_length else None
     binary = memoryview(b"")
     if header_length is None:
         head = parse_json(body)
@@ -144,9 +153,13 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         if not isinstance(outputs, list):
             raise InvalidInput('"outputs" is a list of {"name", "parameters"}')
         request.outputs = []
+        seen: set[str] = set()
         for spec in outputs:
             if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
                 raise InvalidInput('each requested output is {"name": "<output>"[, "parameters"]}')
+            if spec["name"] in seen:  # each copy would be rendered again: an amplification
+                raise InvalidInput(f"output '{spec['name'][:100]}' is requested twice")
+            seen.add(spec["name"])
             params = _parameters(spec.get("parameters"), f"output '{spec['name']}'")
             if "classification" in params:
                 raise InvalidInput("the classification extension is not supported: ask for the raw output")
@@ -155,6 +168,20 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
                 Requested(spec["name"], None if binary_data is None else _flag(binary_data, "binary_data"))
             )
     return request
+
+
+def rows_of(request: InferRequest) -> int:
+    """The request's rows (its first tensor's first dimension; a scalar is one): each is one item
+    for the model's batcher and one unit. 400 for none, or more than :data:`MAX_ROWS`."""
+    first = next(iter(request.tensors.values()))
+    rows = int(first.shape[0]) if first.ndim else 1
+    if rows < 1:
+        raise InvalidInput("an inference request needs at least one row (the first dimension is 0)")
+    if rows > MAX_ROWS:
+        raise InvalidInput(
+            f"an inference request holds at most {MAX_ROWS} rows (the first dimension), not {rows}: split it"
+        )
+    return rows
 
 
 def _parameters(value: Any, what: str) -> dict[str, Any]:
@@ -186,6 +213,8 @@ def _input(spec: Any, binary: memoryview, offset: int) -> tuple[str, str, np.nda
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
         raise InvalidInput(f"input '{name}': shape must be a list of non-negative integers")
+    if any(d > MAX_ELEMENTS for d in shape):  # [0, 2**62, 2**62] has no elements, but no array has it
+        raise InvalidInput(f"input '{name}': each dimension is at most {MAX_ELEMENTS}")
     if datatype not in DATATYPES:
         raise InvalidInput(f"input '{name}': datatype must be one of {', '.join(DATATYPES)}")
     count = math.prod(shape)  # Python integers: no overflow
@@ -403,7 +432,8 @@ def _as_text(name: str, array: np.ndarray) -> np.ndarray:
 
 
 def check_outputs(model: str, metadata: dict[str, Any], request: InferRequest) -> None:
-    """Refuse requested outputs the model does not declare (before inference when it declares them)."""
+    """Refuse requested outputs the model does not declare (before inference when it declares them);
+    each is named once (:func:`parse_request`), so at most as many as the model declares."""
     if request.outputs is None:
         return
     declared = [s["name"] for s in metadata.get("outputs") or [] if isinstance(s, dict) and "name" in s]
@@ -479,6 +509,8 @@ def encode_response(
                     f"unknown output '{out.name}' for model '{model}': it returns "
                     f"{', '.join(map(repr, outputs))}"
                 )
+            if any(name == out.name for name, _ in chosen):  # parse_request refuses it already
+                raise InvalidInput(f"output '{out.name}' is requested twice")
             chosen.append((out.name, request.binary_output if out.binary is None else out.binary))
     rendered: list[dict[str, Any]] = []
     blobs: list[bytes] = []

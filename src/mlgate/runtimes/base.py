@@ -108,7 +108,11 @@ class ModelRuntime(ABC):
         if len(tensors) != 1:
             raise InvalidInput(f"runtime '{self.name}' takes exactly one input tensor, got {len(tensors)}")
         (array,) = tensors.values()
-        return [self.decode(row.tolist()) for row in tensor_rows(array)]
+        # A numeric row is an ndarray (or a numpy scalar); a 1-D BYTES tensor's rows are str/bytes
+        return [
+            self.decode(row.tolist() if isinstance(row, np.ndarray | np.generic) else row)
+            for row in tensor_rows(array)
+        ]
 
     def encode_tensors(self, outputs: list[Any]) -> dict[str, np.ndarray]:
         """Open Inference Protocol output: stack the batch's outputs into one tensor."""

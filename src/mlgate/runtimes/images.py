@@ -47,6 +47,11 @@ slot at most ``wait_s`` (2 s) and is then refused with :class:`~mlgate.errors.Ov
 never waits (blocking the loop would stall every request; the loop runs one decode at a time,
 so the process's bound is ``slots + 1``).
 
+A request of many images (the Open Inference Protocol's BYTES tensor) is checked whole from
+the headers by :func:`check_request_images` before any is decoded: each image within its
+budgets, and all of them together within ``max_pixels`` (one image's), since the request holds
+every decoded image until the model runs.
+
 Every other failure raises :class:`~mlgate.errors.InvalidInput` (or its
 :class:`~mlgate.errors.PayloadTooLarge` subclass for ``max_bytes``).
 """
@@ -78,6 +83,7 @@ __all__ = [
     "MAX_JPEG_SCANS",
     "MAX_PNG_TEXT_BYTES",
     "DecodeCost",
+    "check_request_images",
     "decode_concurrency",
     "decode_cost",
     "decode_image",
@@ -326,6 +332,56 @@ def decode_image(
             finally:
                 im.close()
             return _orient(bgr, orientation)
+
+
+def check_request_images(
+    payloads: list[Any],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
+    max_frames: int = DEFAULT_MAX_FRAMES,
+    max_total_pixels: int | None = None,
+) -> int:
+    """Check a request's encoded images from their headers, before any is decoded: each within
+    the per-image budgets of :func:`decode_image`, and all of them together within
+    ``max_total_pixels`` (default: ``max_pixels``) — a request that decodes its images before the
+    first reaches the model holds them all, so N images must not cost N budgets. Items that are
+    not encoded images (decoded pixels, already in memory) are left to the decoder. Returns the
+    request's pixels; raises :class:`InvalidInput`. Blocking (base64, headers): off the loop."""
+    budget = max_pixels if max_total_pixels is None else max_total_pixels
+    total = 0
+    for payload in payloads:
+        if not isinstance(payload, bytes | str | bytearray | memoryview):
+            continue
+        raw = _as_bytes(payload, max_bytes=None)
+        fmt = sniff_image_format(raw)
+        if fmt is None:
+            raise InvalidInput(_unsupported(raw))
+        if fmt == "JPEG" and raw.count(_SOS) > MAX_JPEG_SCANS:
+            raise InvalidInput(f"JPEG has {raw.count(_SOS)} scans, more than {MAX_JPEG_SCANS}")
+        pil_image = _pillow()
+        bombs = (pil_image.DecompressionBombError, pil_image.DecompressionBombWarning)
+        try:
+            im = pil_image.open(io.BytesIO(raw), formats=[fmt])  # the header only
+        except bombs as exc:
+            raise InvalidInput("image has too many pixels (decompression-bomb guard)") from exc
+        except Exception as exc:
+            raise InvalidInput(_corrupt(fmt, exc)) from exc
+        with im:
+            try:
+                cost = decode_cost(im, fmt)
+            except Exception as exc:
+                raise InvalidInput(f"image is corrupt or not a valid {fmt}") from exc
+        _check_budget(
+            cost, fmt, max_pixels=max_pixels, max_decode_bytes=max_decode_bytes, max_frames=max_frames
+        )
+        total += cost.pixels
+        if total > budget:
+            raise InvalidInput(
+                f"the request's images have more than {budget} pixels in all (this one is "
+                f"{cost.width}x{cost.height}): send fewer or smaller images per request"
+            )
+    return total
 
 
 def decode_image_input(

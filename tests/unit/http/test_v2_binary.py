@@ -18,21 +18,27 @@ import numpy as np
 import orjson
 import pytest
 
-from mlgate.errors import InvalidInput, PredictionFailed, Throttled
+from mlgate.batching import Batcher
+from mlgate.errors import InvalidInput, Overloaded, PredictionFailed, Throttled
 from mlgate.http import create_app
 from mlgate.http.edge import OIP_SHED_BODY, SHED_BODY, Edge
 from mlgate.http.errors import error_parts, is_oip_path
 from mlgate.http.gateway import GatewayRejected
 from mlgate.http.tensors_v2 import (
     HEADER_LENGTH,
+    MAX_ROWS,
     InferRequest,
     check_inputs,
     check_outputs,
     encode_response,
     parse_request,
+    rows_of,
     serialize_bytes,
 )
+from mlgate.runtimes.base import ModelRuntime
+from mlgate.runtimes.images import check_request_images
 from mlgate.settings import Settings
+from mlgate.types import BatchingConfig
 
 SEED = [20.0 + (i % 24) / 4 for i in range(60)]
 TEMPERATURA = {
@@ -430,8 +436,9 @@ def test_binary_infer_through_the_app(tmp_path: Path) -> None:
 
 def test_refusals_on_v2_in_process(tmp_path: Path) -> None:
     async def body(c: httpx.AsyncClient) -> None:
+        # authenticated first: an anonymous caller's malformed request learns nothing of its tensors
         r = await c.post("/v2/models/temperatura/infer", json={"inputs": []})
-        assert r.status_code == 400 and isinstance(r.json()["error"], str)
+        assert r.status_code == 403 and r.json() == {"error": "Forbidden"}
         r = await c.get("/v2/models/temperatura")
         assert r.status_code == 403 and r.json() == {"error": "Forbidden"}
         r = await c.get("/v1/models/temperatura/predict")
@@ -442,3 +449,96 @@ def test_refusals_on_v2_in_process(tmp_path: Path) -> None:
         assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
 
     _app_run(tmp_path, body, max_body_bytes=4096)
+
+
+# -- the hostile review's findings (tests/security/test_v2_hostile.py), in process ----------------
+
+
+def test_outputs_are_named_once_dimensions_bounded_and_one_header_length() -> None:
+    inputs = [{"name": "temperaturas", "datatype": "FP64", "shape": [1, 60], "data": SEED}]
+    twice = orjson.dumps({"inputs": inputs, "outputs": [{"name": "prediccion"}] * 2})
+    with pytest.raises(InvalidInput, match="requested twice"):
+        parse_request(twice, None)
+    huge = [{"name": "x", "datatype": "FP64", "shape": [0, 2**62, 2**62], "data": []}]
+    with pytest.raises(InvalidInput, match="each dimension is at most"):
+        parse_request(orjson.dumps({"inputs": huge}), None)
+    body, length = framed({"inputs": inputs})
+    assert parse_request(body, [length]).tensors["temperaturas"].shape == (1, 60)
+    with pytest.raises(InvalidInput, match="2 Inference-Header-Content-Length headers"):
+        parse_request(body, [length, str(int(length) + 8)])
+
+
+def test_rows_are_capped() -> None:
+    def rows(n: int) -> InferRequest:
+        return parse_request(
+            orjson.dumps({"inputs": [{"name": "x", "datatype": "INT8", "shape": [n, 1], "data": [0] * n}]}),
+            None,
+        )
+
+    assert rows_of(rows(MAX_ROWS)) == MAX_ROWS
+    with pytest.raises(InvalidInput, match=f"at most {MAX_ROWS} rows"):
+        rows_of(rows(MAX_ROWS + 1))
+    with pytest.raises(InvalidInput, match="at least one row"):
+        rows_of(rows(0))
+
+
+def test_a_request_is_queued_whole_or_not_at_all() -> None:
+    ran: list[Any] = []
+
+    def predict(batch: list[Any]) -> list[Any]:
+        ran.extend(batch)
+        if "bad" in batch:
+            raise ValueError("bad")
+        return [v * 2 for v in batch]
+
+    async def main() -> None:
+        batcher = Batcher(predict, BatchingConfig(max_batch_size=1, max_queue=4), name="t")
+        batcher.start()
+        try:
+            assert batcher.free == 4
+            with pytest.raises(Overloaded):
+                await batcher.submit_all([1, 2, 3, 4, 5], timeout=5.0)
+            assert batcher.free == 4 and ran == []  # nothing was queued
+            assert await batcher.submit_all([1, 2, 3], timeout=5.0) == [2, 4, 6]
+            ran.clear()
+            with pytest.raises(ValueError):
+                await batcher.submit_all(["bad", 1, 2, 3], timeout=5.0)
+            await asyncio.sleep(0.05)
+            # the rows still queued behind the failure were dropped (one batch may have started)
+            assert ran[0] == "bad" and len(ran) <= 2, ran
+        finally:
+            await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_a_1d_bytes_tensor_reaches_decode_as_its_elements() -> None:
+    class Echo(ModelRuntime):
+        name = "echo"
+
+        def load(self, ctx: Any) -> None: ...
+
+        def decode(self, payload: Any) -> Any:
+            return payload
+
+        def predict(self, batch: list[Any]) -> list[Any]:
+            return batch
+
+    texts = np.array(["a", b"b"], dtype=object)
+    assert Echo().decode_tensors({"x": texts}) == ["a", b"b"]
+    assert Echo().decode_tensors({"x": np.array([[1.0, 2.0]])}) == [[1.0, 2.0]]
+    assert Echo().decode_tensors({"x": np.array([3, 4])}) == [3, 4]
+
+
+def test_a_requests_images_are_bounded_together_before_decoding() -> None:
+    pytest.importorskip("PIL")
+    from tests.security.hostile_images import png
+
+    small = png(100, 100, depth=8, color=2)
+    assert check_request_images([small, small, np.zeros((2, 2, 3), np.uint8)], max_pixels=20_000) == 20_000
+    with pytest.raises(InvalidInput, match="more than 20000 pixels in all"):
+        check_request_images([small, small, small], max_pixels=20_000)
+    with pytest.raises(InvalidInput, match="more than 5000 pixels"):  # one image over its own cap
+        check_request_images([small], max_pixels=5_000)
+    with pytest.raises(InvalidInput, match="JPEG, PNG or WebP"):
+        check_request_images([b"GIF89a"], max_pixels=5_000)
