@@ -13,9 +13,13 @@ hostile definition or input cannot hang or exhaust the server: at most :data:`TI
 milliseconds and :data:`MAX_DEPTH` nested evaluation steps (jsonata-python's own checks, made
 per evaluation here), and no step may build a string over :data:`MAX_STRING_CHARS` characters or
 an array over :data:`MAX_ITEMS` items, nor large strings over :data:`MAX_TOTAL_CHARS` characters
-in all — checked after every step and *before* the built-in
-functions whose output can be much larger than their input (``$string`` and the ``&`` operator,
-``$join``, ``$pad``, ``$replace``). Going over any bound is a ``States.QueryEvaluationError``.
+in all — checked around every step (by :class:`_BoundedJsonata`'s own ``_eval``, not by the
+frame-bound hooks jsonata-python looks up by name) and *before* the built-in functions whose
+output can be much larger than their input (``$string`` and the ``&`` operator, ``$join``,
+``$pad``, ``$replace``). Regular expressions run on the ``regex`` module with the evaluation's
+remaining time as their timeout; ``$distinct`` and ``$replace`` with a literal pattern are
+linear. Variable names starting with ``__`` are refused when parsing. Going over any bound is a
+``States.QueryEvaluationError``.
 
 Example::
 
@@ -36,8 +40,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import regex as _regex  # type: ignore[import-untyped]
 from jsonata import functions as _functions  # type: ignore[import-untyped]
 from jsonata import jexception as _jexception
+from jsonata import parser as _parser
 from jsonata import utils as _utils
 from jsonata.jsonata import Jsonata as _Jsonata  # type: ignore[import-untyped]
 
@@ -174,7 +180,52 @@ def _bounded_replace(string: Any, pattern: Any, replacement: Any, limit: Any) ->
             worst = min(worst, len(string) + limit * len(replacement))
         if worst > MAX_STRING_CHARS:
             raise _Exceeded(f"a string of over {MAX_STRING_CHARS} characters")
+    if (
+        isinstance(string, str)
+        and isinstance(pattern, str)
+        and pattern
+        and not callable(replacement)
+        and (limit is None or (isinstance(limit, int | float) and limit >= 0 and limit == int(limit)))
+    ):
+        # jsonata-python slices the rest of the string at every match (quadratic): a literal
+        # pattern has no groups, so every match is replaced by the same text — split and join
+        rendered = _original_replace(pattern, pattern, replacement, None)
+        return rendered.join(string.split(pattern, -1 if limit is None else int(limit)))
     return _original_replace(string, pattern, replacement, limit)
+
+
+def _distinct_key(value: Any) -> Any:
+    """A hashable key equal for deep-equal JSON values (1 and 1.0 alike; true is not 1)."""
+    if isinstance(value, bool):
+        return ("b", value)
+    if isinstance(value, dict):
+        return ("o", frozenset((k, _distinct_key(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return ("a", tuple(_distinct_key(v) for v in value))
+    hash(value)  # raises TypeError for anything else unhashable
+    return value
+
+
+def _bounded_distinct(arr: Any) -> Any:
+    """``$distinct`` in linear time (jsonata-python's tests list membership per item): the order
+    of first occurrence, deep equality for objects and arrays."""
+    if arr is None or not isinstance(arr, list) or len(arr) <= 1:
+        return arr
+    results = _utils.Utils.create_sequence() if isinstance(arr, _utils.Utils.JList) else []
+    seen: set[Any] = set()
+    others: list[Any] = []  # values without a key (functions): compared one by one, as before
+    for el in arr:
+        try:
+            key = _distinct_key(el)
+        except (TypeError, RecursionError):
+            if el not in others:
+                others.append(el)
+                results.append(el)
+            continue
+        if key not in seen:
+            seen.add(key)
+            results.append(el)
+    return results
 
 
 _PATCH_LOCK = threading.Lock()
@@ -194,9 +245,11 @@ def _install_bounds() -> None:
         _functions.Functions.join = staticmethod(_bounded_join)
         _functions.Functions.pad = staticmethod(_bounded_pad)
         _functions.Functions.replace = staticmethod(_bounded_replace)
+        _functions.Functions.distinct = staticmethod(_bounded_distinct)
         _Jsonata.define_function("join", "<a<s>s?:s>")
         _Jsonata.define_function("pad", "<s-ns?:s>")
         _Jsonata.define_function("replace", "<s-(sf)(sf)n?:s>")
+        _Jsonata.define_function("distinct", "<x:x>")
         _functions.Functions._mlgate_bounded = True
 
 
@@ -292,13 +345,20 @@ class JsonataExpression:
         """The value as JSON, or :data:`UNDEFINED`."""
         frame = _Jsonata.Frame(None)
         for name, value in bindings.items():
-            frame.bind(name, _utils.Utils.NULL_VALUE if value is None else value)
+            if not name.startswith("__"):  # no expression can name them (compile_expression)
+                frame.bind(name, _utils.Utils.NULL_VALUE if value is None else value)
         budget = _Budget()
-        _bound(frame, budget)
         _Jsonata.CURRENT.jsonata = self.compiled  # $now/$millis read the running expression
         _CURRENT.budget = budget
         try:
             result = self.compiled.evaluate(None, frame)
+            if result is None:
+                return UNDEFINED
+            # a result can share parts ([$a, $a] doubles without copying): measure before copying
+            json_size_within(result, MAX_STRING_CHARS)
+            return _to_json(_utils.Utils.convert_nulls(result), self.text)
+        except JsonataError:
+            raise
         except _Exceeded as exc:
             raise JsonataError(f"The JSONata expression '{self.text}' failed: {exc}") from None
         except _jexception.JException as exc:
@@ -311,21 +371,17 @@ class JsonataExpression:
             ) from None
         finally:
             _CURRENT.budget = None
-        if result is None:
-            return UNDEFINED
-        try:  # a result can share parts ([$a, $a] doubles without copying): measure before copying
-            json_size_within(result, MAX_STRING_CHARS)
-        except _Exceeded as exc:
-            raise JsonataError(f"The JSONata expression '{self.text}' returned {exc}") from None
-        return _to_json(_utils.Utils.convert_nulls(result), self.text)
 
 
 class _Budget:
-    """What one evaluation may still build: large strings (64 KiB or more) are counted once each."""
+    """What one evaluation may still spend: time, nesting, and large strings (64 KiB or more,
+    counted once each)."""
 
     def __init__(self) -> None:
         self.left = MAX_TOTAL_CHARS
         self.seen: set[int] = set()
+        self.deadline = time.monotonic() + TIMEOUT_MS / 1000
+        self.depth = 0
 
     def spend(self, value: Any) -> None:
         _check_size(value)
@@ -335,6 +391,19 @@ class _Budget:
             if self.left < 0:
                 raise _Exceeded(f"it built strings of over {MAX_TOTAL_CHARS} characters in all")
 
+    def check(self) -> None:
+        if self.depth > MAX_DEPTH:
+            raise _Exceeded(f"it nested deeper than {MAX_DEPTH} steps")
+        if time.monotonic() > self.deadline:
+            raise _Exceeded(f"it ran longer than {TIMEOUT_MS} ms")
+
+    def remaining(self) -> float:
+        """Seconds left (raises once the time is up)."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise _Exceeded(f"it ran longer than {TIMEOUT_MS} ms")
+        return left
+
 
 _CURRENT = threading.local()
 _original_call = _functions.Functions._call
@@ -342,7 +411,7 @@ _original_call = _functions.Functions._call
 
 def _bounded_call(method: Any, nargs: int, args: Any) -> Any:
     """Every built-in function's result is measured (a call in a lambda's tail position skips
-    the evaluator's exit hook)."""
+    the evaluator's exit step)."""
     result = _original_call(method, nargs, args)
     budget = getattr(_CURRENT, "budget", None)
     if budget is not None:
@@ -350,32 +419,146 @@ def _bounded_call(method: Any, nargs: int, args: Any) -> Any:
     return result
 
 
-def _bound(frame: Any, budget: _Budget) -> None:
-    """Per-evaluation bounds: time, depth, and what each step built."""
-    started = time.monotonic()
-    depth = [0]
+class _BoundedJsonata(_Jsonata):  # type: ignore[misc]
+    """jsonata-python's evaluator with the per-evaluation bounds checked around every step.
 
-    def check() -> None:
-        if depth[0] > MAX_DEPTH:
-            raise _Exceeded(f"it nested deeper than {MAX_DEPTH} steps")
-        if (time.monotonic() - started) * 1000 > TIMEOUT_MS:
-            raise _Exceeded(f"it ran longer than {TIMEOUT_MS} ms")
+    jsonata-python's own hooks (``__evaluate_entry``/``__evaluate_exit``) are variables looked
+    up by name in the frame, which an expression could rebind; these checks are code, out of
+    any expression's reach (and names starting with ``__`` are refused anyway).
+    """
 
-    def entry(_expr: Any, _input: Any, env: Any) -> None:
-        if env.is_parallel_call:
-            return
-        depth[0] += 1
-        check()
-
-    def exit_(_expr: Any, _input: Any, env: Any, result: Any) -> None:
+    def _eval(self, expr: Any, input: Any, environment: Any) -> Any:
+        budget: _Budget | None = getattr(_CURRENT, "budget", None)
+        if budget is None:
+            return super()._eval(expr, input, environment)
+        counted = not environment.is_parallel_call
+        if counted:
+            budget.depth += 1
+            budget.check()
+        try:
+            result = super()._eval(expr, input, environment)
+        finally:
+            if counted:
+                budget.depth -= 1
         budget.spend(result)
-        if env.is_parallel_call:
-            return
-        depth[0] -= 1
-        check()
+        if counted:
+            budget.check()
+        return result
 
-    frame.bind("__evaluate_entry", entry)
-    frame.bind("__evaluate_exit", exit_)
+    def evaluate_step(self, expr: Any, input: Any, environment: Any, last_step: bool) -> Any:
+        """jsonata-python 0.7.1's ``evaluate_step``, refusing to flatten past :data:`MAX_ITEMS`
+        *before* building it (``$range(1, 60).$big`` would otherwise build 60 copies of ``$big``)."""
+        if expr.type == "sort":
+            return super().evaluate_step(expr, input, environment, last_step)
+        sequence = _utils.Utils.create_sequence
+        result = sequence()
+        for inp in input:
+            res = self.eval(expr, inp, environment)
+            if expr.stages is not None:
+                for stage in expr.stages:
+                    res = self.evaluate_filter(stage.expr, res, environment)
+            if res is not None:
+                result.append(res)
+        if (
+            last_step
+            and len(result) == 1
+            and isinstance(result[0], list)
+            and not _utils.Utils.is_sequence(result[0])
+        ):
+            return result[0]
+        result_sequence = sequence()
+        for res in result:
+            if not isinstance(res, list) or (isinstance(res, _utils.Utils.JList) and res.cons):
+                result_sequence.append(res)
+            else:
+                if len(result_sequence) + len(res) > MAX_ITEMS:
+                    raise _Exceeded(f"an array of over {MAX_ITEMS} items")
+                result_sequence.extend(res)
+        return result_sequence
+
+
+# -- regular expressions: bounded by the evaluation's time ---------------------------------------
+
+
+def _regex_timeout() -> float:
+    budget: _Budget | None = getattr(_CURRENT, "budget", None)
+    return budget.remaining() if budget is not None else TIMEOUT_MS / 1000
+
+
+def _timed_out() -> _Exceeded:
+    return _Exceeded(f"a regular expression ran longer than the {TIMEOUT_MS} ms the expression may run")
+
+
+class _TimedPattern:
+    """A ``regex`` pattern whose every use stops when the evaluation's time is up (``re`` runs a
+    backtracking pattern in one C call no check can interrupt)."""
+
+    def __init__(self, pattern: Any) -> None:
+        self._pattern = pattern
+        self.pattern = pattern.pattern
+        self.flags = pattern.flags
+
+    def search(self, string: str) -> Any:
+        try:
+            return self._pattern.search(string, timeout=_regex_timeout())
+        except TimeoutError:
+            raise _timed_out() from None
+
+    def finditer(self, string: str) -> Any:
+        try:
+            yield from self._pattern.finditer(string, timeout=_regex_timeout())
+        except TimeoutError:
+            raise _timed_out() from None
+
+    def sub(self, repl: Any, string: str, count: int = 0) -> Any:
+        try:
+            return self._pattern.sub(repl, string, count, timeout=_regex_timeout())
+        except TimeoutError:
+            raise _timed_out() from None
+
+    def split(self, string: str, maxsplit: int = 0) -> Any:
+        try:
+            return self._pattern.split(string, maxsplit, timeout=_regex_timeout())
+        except TimeoutError:
+            raise _timed_out() from None
+
+
+def _regex_engine(pattern: str, flags: Any) -> _TimedPattern:
+    options = _regex.VERSION0
+    if flags.case_insensitive:
+        options |= _regex.IGNORECASE
+    if flags.multiline:
+        options |= _regex.MULTILINE
+    return _TimedPattern(_regex.compile(pattern, options))
+
+
+# -- reserved names ------------------------------------------------------------------------------
+
+
+def _reserved_name(ast: Any) -> str | None:
+    """The first variable named ``__…`` the expression reads, binds or takes as a parameter."""
+    stack = [ast]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, list | tuple):
+            stack.extend(node)
+            continue
+        if not isinstance(node, _parser.Parser.Symbol):
+            continue
+        if node.type == "variable" and isinstance(node.value, str) and node.value.startswith("__"):
+            return node.value
+        for attr in ("focus", "index"):
+            name = getattr(node, attr, None)
+            if isinstance(name, str) and name.startswith("__"):
+                return name
+        for key, child in vars(node).items():
+            if key != "_outer_instance" and isinstance(child, list | tuple | _parser.Parser.Symbol):
+                stack.append(child)
+    return None
 
 
 _install_bounds()
@@ -403,13 +586,18 @@ def compile_expression(text: str) -> JsonataExpression:
     if not body:
         raise JsonataSyntaxError(f"'{text}' holds no JSONata expression")
     try:
-        compiled = _Jsonata(body)
+        compiled = _BoundedJsonata(body, _regex_engine)
     except _jexception.JException as exc:
         raise JsonataSyntaxError(f"'{text}' is not a valid JSONata expression: {exc}") from None
     except Exception as exc:  # the parser raises a few other types on odd input
         raise JsonataSyntaxError(f"'{text}' is not a valid JSONata expression: {exc}") from None
     if compiled.errors:
         raise JsonataSyntaxError(f"'{text}' is not a valid JSONata expression")
+    reserved = _reserved_name(compiled.ast)
+    if reserved is not None:
+        raise JsonataSyntaxError(
+            f"'{text}': the variable name '${reserved}' is reserved (names starting with __)"
+        )
     compiled.set_output_convert_nulls(False)  # None: undefined; Utils.NULL_VALUE: null
     for name, signature, method in _AWS_FUNCTIONS:
         compiled.register_function(name, _Jsonata.function(name, signature, _StepFunctions, method))

@@ -50,6 +50,10 @@ if TYPE_CHECKING:
 
 #: the largest value a variable may hold (AWS's limit: 256 KiB per variable)
 MAX_VARIABLE_BYTES = 256 * 1024
+#: the most all of one ``Assign`` field's values (a Choice rule's with the state's) may hold in all
+MAX_ASSIGN_BYTES = 256 * 1024
+#: the most items a JSONata Map's ``Items`` may hold (the history's 25,000 events could not record more)
+MAX_MAP_ITEMS = 25_000
 
 #: the variables (``Assign``) of the running scope: the execution, a branch or an iteration
 _VARIABLES: ContextVar[dict[str, Any] | None] = ContextVar("mlgate_workflow_variables", default=None)
@@ -599,6 +603,13 @@ class JsonataRunner:
                     f"State '{state.name}': variable '{name}' is over {MAX_VARIABLE_BYTES} bytes as JSON",
                 ) from None
         if assigned:
+            try:
+                json_size_within(assigned, MAX_ASSIGN_BYTES)
+            except ValueError:
+                raise StatesError(
+                    DATA_LIMIT_EXCEEDED,
+                    f"State '{state.name}': its Assign holds over {MAX_ASSIGN_BYTES} bytes as JSON in all",
+                ) from None
             variables = _VARIABLES.get()
             if variables is not None:
                 variables.update(assigned)
@@ -736,6 +747,12 @@ class JsonataRunner:
             raise StatesError(
                 QUERY_EVALUATION_ERROR,
                 f"State '{state.name}': Items must be an array, got {preview(items)}",
+            )
+        if len(items) > MAX_MAP_ITEMS:
+            raise StatesError(
+                QUERY_EVALUATION_ERROR,
+                f"State '{state.name}': Items holds {len(items)} items, "
+                f"over the {MAX_MAP_ITEMS} a Map may run",
             )
         limit = 0
         if fields.max_concurrency is not None:

@@ -544,3 +544,91 @@ def test_a_jsonata_lambda_invoke_runs_through_the_mapping() -> None:
     )
     result = asyncio.run(interpreter.run({"text": "hola"}))
     assert (result.status, result.output) == ("SUCCEEDED", {"score": 4})
+
+
+# -- hardening: reserved names, regexes, $distinct, deep results ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "($__evaluate_entry := $nope; 1)",
+        "$__evaluate_exit",
+        "(function($__x){$__x})(1)",
+        "[1, 2]#$__i.$__i",
+        "[1, 2]@$__v.$__v",
+    ],
+)
+def test_variable_names_starting_with_two_underscores_are_refused(text: str) -> None:
+    with pytest.raises(jsonata.JsonataSyntaxError, match="reserved"):
+        jsonata.compile_expression("{% " + text + " %}")
+
+
+def test_a_variable_assigned_under_a_hook_name_cannot_lift_the_bounds() -> None:
+    expr = jsonata.compile_expression("{% ($f := function($n){$f($n + 1)}; $f(0)) %}")
+    started = time.monotonic()
+    with pytest.raises(jsonata.JsonataError, match="ran longer"):
+        expr.evaluate({"__evaluate_entry": None, "__evaluate_exit": "x", "states": {}})
+    assert time.monotonic() - started < 10
+
+
+def test_a_backtracking_regex_stops_at_the_evaluation_bound() -> None:
+    expr = jsonata.compile_expression("{% $contains($states.input, /^(a|a)*$/) %}")
+    assert expr.evaluate({"states": {"input": "aaaa"}}) is True
+    started = time.monotonic()
+    with pytest.raises(jsonata.JsonataError, match=r"regular expression|ran longer"):
+        expr.evaluate({"states": {"input": "a" * 40 + "!"}})
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("$match('abcAB', /a(b)/i).groups", ["b", "B"]),
+        ("$replace('hello world', /o/, 'X')", "hellX wXrld"),
+        ("$replace('a.b.c', '.', '-', 1)", "a-b.c"),
+        ("$replace('a.b.c', '.', '[$0]')", "a[.]b[.]c"),
+        ("$replace('aXbXc', 'X', '_', 0)", "aXbXc"),
+        ("$split('a1b2c', /[0-9]/)", ["a", "b", "c"]),
+        ("$contains('line1\nline2', /^line2$/m)", True),
+        ("$distinct([1, 1.0, true, 'x', 'x', null, null])", [1, True, "x", None]),
+        (
+            "$distinct([{'a': 1, 'b': [1]}, {'b': [1.0], 'a': 1}, [1, 2], [1, 2], [2, 1]])",
+            [{"a": 1, "b": [1]}, [1, 2], [2, 1]],
+        ),
+    ],
+)
+def test_regexes_replace_and_distinct_keep_jsonata_semantics(text: str, expected: Any) -> None:
+    assert jsonata.compile_expression("{% " + text + " %}").evaluate({}) == expected
+
+
+def test_distinct_and_a_literal_replace_are_linear() -> None:
+    started = time.monotonic()
+    expr = jsonata.compile_expression("{% $count($distinct($states.input)) %}")
+    assert expr.evaluate({"states": {"input": list(range(100_000))}}) == 100_000
+    expr = jsonata.compile_expression("{% $length($replace($pad('', 4000000, 'a'), 'a', 'b')) %}")
+    assert expr.evaluate({}) == 4_000_000
+    assert time.monotonic() - started < 10
+
+
+def test_a_result_nested_too_deep_is_an_evaluation_error() -> None:
+    expr = jsonata.compile_expression("{% $reduce($range(1, 30000, 1), function($a, $b){{'a': $a}}, 1) %}")
+    with pytest.raises(jsonata.JsonataError):
+        expr.evaluate({})
+
+
+def test_a_jsonata_map_refuses_more_items_than_the_history_could_record() -> None:
+    inner = {"StartAt": "p", "States": {"p": {"Type": "Pass", "End": True}}}
+    state = {"Type": "Map", "Items": "{% $range(1, 25001, 1) %}", "ItemProcessor": inner, "End": True}
+    run = execute(ja_machine({"M": state}))
+    assert (run.status, run.error) == ("FAILED", "States.QueryEvaluationError")
+    assert "25000" in (run.cause or "")
+
+
+def test_one_assign_holds_at_most_256_kib_in_all() -> None:
+    many = {f"v{i}": "{% $pad('', 100000, 'z') %}" for i in range(3)}
+    run = execute(ja_machine({"P": {"Type": "Pass", "Assign": many, "End": True}}))
+    assert (run.status, run.error) == ("FAILED", "States.DataLimitExceeded")
+    two = {f"v{i}": "{% $pad('', 100000, 'z') %}" for i in range(2)}
+    run = execute(ja_machine({"P": {"Type": "Pass", "Assign": two, "Output": "{% 'ok' %}", "End": True}}))
+    assert (run.status, run.output) == ("SUCCEEDED", "ok"), run.cause
