@@ -619,10 +619,15 @@ class _Parser:
             self.report(f"{where}.Assign: must be an object of variable names to values")
             return None
         for name in assign:
-            if not isinstance(name, str) or not _VARIABLE.match(name) or name == "states":
+            if (
+                not isinstance(name, str)
+                or not _VARIABLE.match(name)
+                or name == "states"
+                or name.startswith("__")
+            ):
                 self.report(
                     f"{where}.Assign: '{name}' is not a variable name (letters, digits and _, "
-                    "not starting with a digit; 'states' is reserved)"
+                    "not starting with a digit or '__'; 'states' is reserved)"
                 )
         return compile_value(assign, self.report, f"{where}.Assign")
 

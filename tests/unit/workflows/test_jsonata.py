@@ -470,6 +470,7 @@ def test_a_variable_is_at_most_256_kib() -> None:
         ({"Type": "Pass", "Output": "{% $states.input. %}", "End": True}, "not a valid JSONata expression"),
         ({"Type": "Pass", "Assign": {"1bad": 1}, "End": True}, "'1bad' is not a variable name"),
         ({"Type": "Pass", "Assign": {"states": 1}, "End": True}, "'states' is reserved"),
+        ({"Type": "Pass", "Assign": {"__evaluate_entry": 1}, "End": True}, "or '__'"),
         ({"Type": "Wait", "Seconds": -1, "End": True}, "Seconds: must be a non-negative number"),
         (
             {"Type": "Map", "Items": "x", "ItemProcessor": single({"Type": "Pass"}, "E"), "End": True},
