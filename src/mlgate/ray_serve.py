@@ -477,8 +477,9 @@ def deploy(
 
     The registry is bootstrapped here first (plans, admin key, bundled models), as ``mlgate serve
     --workers N`` does before its workers start, so replicas starting together never race it."""
-    from mlgate.server import Server
     from ray import serve
+
+    from mlgate.server import Server
 
     if settings.ray.address is None:
         raise ConfigurationError("set MLGATE_RAY__ADDRESS (or --address) to the Ray cluster's head")

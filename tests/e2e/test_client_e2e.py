@@ -121,7 +121,10 @@ def test_an_exhausted_quota_raises_at_once_after_one_request(server: ServerProce
     assert took < 10.0  # at once (generous: a busy 2-core machine)
     error = raised.value
     assert (error.status, error.code, error.message) == (429, "quota_exceeded", "Limit Exceeded")
-    assert error.body == {"message": "Limit Exceeded"}  # the gateway's shape, unchanged
+    assert error.body == {  # the native envelope, API Gateway's message beside it
+        "error": {"code": "quota_exceeded", "message": "Limit Exceeded"},
+        "message": "Limit Exceeded",
+    }
     assert error.reset_at is not None and error.reset_at > time.time()
     assert error.retry_after is not None and 0 < error.retry_after <= 86_400
     assert error.headers["x-quota-remaining"] == "0"
@@ -191,7 +194,10 @@ def test_seed_routes_and_native_models_through_the_client(server: ServerProcess,
             assert len(out["inferences"]) == 2
     with Client(server.url) as anonymous, pytest.raises(Forbidden) as forbidden:
         anonymous.predict("temperatura", {"temperaturas": T})
-    assert forbidden.value.body == {"message": "Forbidden"}
+    assert forbidden.value.body == {
+        "error": {"code": "forbidden", "message": "Forbidden"},
+        "message": "Forbidden",
+    }
 
 
 def test_users_tokens_keys_and_usage_through_the_client(server: ServerProcess, admin: Client) -> None:

@@ -28,6 +28,9 @@ def anon(server: ServerProcess) -> Iterator[httpx.Client]:
         yield c
 
 
+FORBIDDEN = {"error": {"code": "forbidden", "message": "Forbidden"}, "message": "Forbidden"}
+
+
 def _key(
     c: httpx.Client, *, plan: str | None = None, headers: dict[str, str] | None = None
 ) -> dict[str, str]:
@@ -41,7 +44,7 @@ def test_missing_unknown_disabled_key_is_403(anon: httpx.Client) -> None:
     url = "/v1/models/temperatura/predict"
     r = anon.post(url, json={"temperaturas": SEED})
     assert r.status_code == 403
-    assert r.json() == {"message": "Forbidden"}
+    assert r.json() == FORBIDDEN  # the native envelope, API Gateway's message beside it
     assert (
         anon.post(url, json={"temperaturas": SEED}, headers={"x-api-key": "mlg_deadbeef_nope"}).status_code
         == 403
@@ -52,7 +55,7 @@ def test_missing_unknown_disabled_key_is_403(anon: httpx.Client) -> None:
     assert anon.post(f"/v1/keys/{key['id']}/disable", headers=ADMIN).status_code == 200
     r = anon.post(url, json={"temperaturas": SEED}, headers={"x-api-key": key["key"]})
     assert r.status_code == 403
-    assert r.json() == {"message": "Forbidden"}
+    assert r.json() == FORBIDDEN  # the native envelope, API Gateway's message beside it
     # the original route keeps API Gateway's 403 too
     assert anon.post("/prod", json={"temperaturas": SEED}).json() == {"message": "Forbidden"}
 
@@ -74,7 +77,10 @@ def test_plan_throttles_then_quota(anon: httpx.Client) -> None:
     assert answers[0].headers["x-ratelimit-remaining"] == "2"
     assert answers[0].headers["x-quota-limit"] == "100"
     assert answers[0].headers["x-quota-remaining"] == "99"
-    assert answers[3].json() == {"message": "Too Many Requests"}
+    assert answers[3].json() == {
+        "error": {"code": "throttled", "message": "Too Many Requests"},
+        "message": "Too Many Requests",
+    }
     assert int(answers[3].headers["retry-after"]) >= 1
     assert answers[3].headers["x-ratelimit-remaining"] == "0"
     original = anon.post("/prod", json={"temperaturas": SEED}, headers=h)
@@ -87,7 +93,10 @@ def test_plan_throttles_then_quota(anon: httpx.Client) -> None:
         anon.post("/v1/models/temperatura/predict", json={"temperaturas": SEED}, headers=q) for _ in range(3)
     ]
     assert [c.status_code for c in codes] == [200, 200, 429]
-    assert codes[2].json() == {"message": "Limit Exceeded"}
+    assert codes[2].json() == {
+        "error": {"code": "quota_exceeded", "message": "Limit Exceeded"},
+        "message": "Limit Exceeded",
+    }
     assert codes[1].headers["x-quota-remaining"] == "0"
 
 

@@ -61,7 +61,10 @@ def test_redis_down_fails_closed_by_default_and_open_caps_per_process(tmp_path: 
         r = _predict(c, key)
         closed_ms = (time.perf_counter() - started) * 1000
         assert r.status_code == 503, r.text
-        assert r.json() == {"message": "the limiter's Redis is unavailable"}, r.text
+        assert r.json() == {
+            "error": {"code": "limiter_unavailable", "message": "the limiter's Redis is unavailable"},
+            "message": "the limiter's Redis is unavailable",
+        }, r.text
         assert r.headers.get("retry-after") == "1"  # when the storage probes Redis again
         assert _predict(c, ADMIN_KEY).status_code == 200  # the admin key is unmetered: nothing to take
     env["MLGATE_LIMITER__REDIS_DOWN"] = "open"

@@ -104,7 +104,10 @@ def test_forged_expired_and_disabled_users_tokens_are_401(server: ServerProcess)
             model, keys = _call_both(c, token)
             refused[case] = (model.status_code, keys.status_code)
             assert model.status_code == 401, (case, model.text)
-            assert model.json() == {"message": "Authentication Failed"}, case
+            assert model.json() == {
+                "error": {"code": "unauthorized", "message": "Authentication Failed"},
+                "message": "Authentication Failed",
+            }, case
             assert model.headers["www-authenticate"] == "Bearer"
             assert keys.status_code == 401, (case, keys.text)
 

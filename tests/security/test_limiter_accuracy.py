@@ -8,7 +8,7 @@ its own test). Plan rate 10/s, burst 10, on one key:
 
 - 1,000 concurrent requests (100 connections): admitted ∈ [10, 10 + ⌈10·T⌉ + 1] where T is
   the client-side span (first byte sent → last answer); all others 429 with Retry-After
-  and ``{"message": "Too Many Requests"}``; no other status.
+  and ``{"error": {"code": "throttled", …}, "message": "Too Many Requests"}``; no other status.
 - 1 vs 2 processes: the same paced schedule (100 requests/s for 2 s, so both runs span the
   same T) against one process (its own limiter file) and against the 2 workers: admitted
   counts differ by at most 1. Paced rather than all-at-once because an all-at-once load
@@ -104,7 +104,8 @@ def _check_refusals(replies: list[Reply], message: str) -> None:
     for r in replies:
         if r.status == 429:
             assert int(r.headers["retry-after"]) >= 1
-            assert r.json() == {"message": message}
+            code = "quota_exceeded" if message == "Limit Exceeded" else "throttled"
+            assert r.json() == {"error": {"code": code, "message": message}, "message": message}
 
 
 def test_1000_concurrent_requests_on_2_processes_admit_within_the_bucket_bound(
@@ -221,7 +222,8 @@ def test_quota_admits_exactly_its_limit_serial_then_concurrent(backend: dict[str
         serial = [c.post(PREDICT_PATH, content=PREDICT_BODY).status_code for _ in range(150)]
         last = c.post(PREDICT_PATH, content=PREDICT_BODY)
     assert serial == [200] * QUOTA + [429] * 50
-    assert last.json() == {"message": "Limit Exceeded"}
+    assert last.json()["message"] == "Limit Exceeded"  # API Gateway's, beside the native envelope
+    assert last.json()["error"]["code"] == "quota_exceeded"
     assert last.headers["x-quota-remaining"] == "0"
 
     async def concurrent() -> list[Reply]:

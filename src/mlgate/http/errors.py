@@ -3,7 +3,9 @@
 One rule by path: on the Open Inference Protocol's ``/v2`` paths every error — mlgate's, a
 validation error, a gateway refusal (401/403/429), the edge's own (408/413/431, 503 shed) —
 is the protocol's ``{"error": "<message>"}``, with the same status and headers
-(:func:`oip_error_body`); the native API and the seed routes keep their envelopes."""
+(:func:`oip_error_body`); on the native API's ``/v1`` paths every error is ``{"error": {"code",
+"message", ...}}`` — a gateway refusal keeps API Gateway's ``message`` beside it
+(:func:`native_refusal_body`); the seed routes keep their own envelopes."""
 
 from __future__ import annotations
 
@@ -87,7 +89,36 @@ def error_parts(exc: Exception, *, method: str, path: str) -> tuple[int, Any, di
     status, body, headers = _error_parts(exc, method=method, path=path)
     if is_oip_path(path):
         return status, oip_error_body(body), headers
+    if isinstance(exc, GatewayRejected) and is_native_path(path):
+        return status, native_refusal_body(status, body, exc.code), headers
     return status, body, headers
+
+
+def is_native_path(path: str) -> bool:
+    """True on the native API's paths (``/v1/...``)."""
+    return path.startswith("/v1/")
+
+
+#: the code of a gateway refusal rendered without one (a route's own refusal)
+_STATUS_CODES = {
+    400: "invalid_input",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    429: "throttled",
+    503: "unavailable",
+}
+
+
+def native_refusal_body(status: int, body: Any, code: str | None) -> Any:
+    """A gateway refusal on the native API in its one envelope: ``{"error": {"code", "message"}}``,
+    keeping API Gateway's top-level ``message`` next to it (SPEC §3.1: ``{"message":
+    "Forbidden"}``, ``"Too Many Requests"``, ``"Limit Exceeded"``; clients written for API
+    Gateway read it). Bodies already in another shape are left alone."""
+    if not isinstance(body, dict) or set(body) != {"message"} or not isinstance(body["message"], str):
+        return body
+    error = {"code": code or _STATUS_CODES.get(status, f"http_{status}"), "message": body["message"]}
+    return {"error": error, **body}
 
 
 def _error_parts(exc: Exception, *, method: str, path: str) -> tuple[int, Any, dict[str, str]]:

@@ -45,13 +45,15 @@ RETRY_AFTER_MS = "Retry-After-Ms"
 
 
 class GatewayRejected(Exception):
-    """A refusal already rendered: status, JSON body and headers."""
+    """A refusal already rendered: status, JSON body and headers; ``code`` is the mlgate error
+    code it stands for (the native API's envelope carries it: :mod:`mlgate.http.errors`)."""
 
-    def __init__(self, status: int, body: Any, headers: dict[str, str]) -> None:
+    def __init__(self, status: int, body: Any, headers: dict[str, str], code: str | None = None) -> None:
         super().__init__(status)
         self.status = status
         self.body = body
         self.headers = headers
+        self.code = code
 
 
 def bearer_of(authorization: str | None) -> str | None:
@@ -171,10 +173,10 @@ def _rejection(exc: MlgateError, headers: dict[str, str], original: ErrorRendere
         headers["WWW-Authenticate"] = "Bearer"
         if original is not None:
             status, body = original(exc.status, exc.message)
-            return GatewayRejected(status, body, headers)
+            return GatewayRejected(status, body, headers, exc.code)
     if original is not None and isinstance(exc, Throttled | QuotaExceeded):
-        return GatewayRejected(exc.status, {"error": exc.message}, headers)
-    return GatewayRejected(exc.status, {"message": exc.message}, headers)
+        return GatewayRejected(exc.status, {"error": exc.message}, headers, exc.code)
+    return GatewayRejected(exc.status, {"message": exc.message}, headers, exc.code)
 
 
 async def authenticate(x: Exchange, *, model: str | None = None) -> Caller:

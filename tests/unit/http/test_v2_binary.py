@@ -348,7 +348,11 @@ def test_one_rendering_rule_by_path() -> None:
     assert not is_oip_path("/v1/models") and not is_oip_path("/v20") and not is_oip_path("/prod")
     refused = GatewayRejected(403, {"message": "Forbidden"}, {})
     assert error_parts(refused, method="POST", path="/v2/models/m/infer") == (403, {"error": "Forbidden"}, {})
-    assert error_parts(refused, method="POST", path="/v1/models/m/predict")[1] == {"message": "Forbidden"}
+    assert error_parts(refused, method="POST", path="/v1/models/m/predict")[1] == {
+        "error": {"code": "forbidden", "message": "Forbidden"},
+        "message": "Forbidden",
+    }
+    assert error_parts(refused, method="POST", path="/prod")[1] == {"message": "Forbidden"}  # a seed route
     status, body, headers = error_parts(
         Throttled("slow down", retry_after=2.5), method="GET", path="/v2/models/m"
     )
@@ -442,7 +446,7 @@ def test_refusals_on_v2_in_process(tmp_path: Path) -> None:
         r = await c.get("/v2/models/temperatura")
         assert r.status_code == 403 and r.json() == {"error": "Forbidden"}
         r = await c.get("/v1/models/temperatura/predict")
-        assert r.status_code != 403 or r.json() == {"message": "Forbidden"}
+        assert r.status_code != 403 or r.json()["error"] == {"code": "forbidden", "message": "Forbidden"}
         r = await c.post("/v2/models/temperatura/infer", content=b"x" * 5000)
         assert r.status_code == 413 and isinstance(r.json()["error"], str)
         r = await c.post("/v1/models/temperatura/predict", content=b"x" * 5000)
@@ -542,3 +546,34 @@ def test_a_requests_images_are_bounded_together_before_decoding() -> None:
         check_request_images([small], max_pixels=5_000)
     with pytest.raises(InvalidInput, match="JPEG, PNG or WebP"):
         check_request_images([b"GIF89a"], max_pixels=5_000)
+
+
+def test_the_native_api_has_one_envelope_for_gateway_refusals_too() -> None:
+    """/v1: ``{"error": {"code", "message"}}`` everywhere — a gateway refusal keeps API Gateway's
+    ``message`` beside it (SPEC §3.1's shapes), with the code of the error it stands for."""
+    from mlgate.errors import Forbidden, QuotaExceeded, Unauthorized
+    from mlgate.http.gateway import _rejection
+
+    cases = [
+        (Forbidden("Forbidden"), 403, "forbidden"),
+        (Unauthorized("Authentication Failed"), 401, "unauthorized"),
+        (Throttled("Too Many Requests", retry_after=0.2), 429, "throttled"),
+        (QuotaExceeded("Limit Exceeded", retry_after=60.0), 429, "quota_exceeded"),
+    ]
+    for exc, status, code in cases:
+        rejected = _rejection(exc, {}, None)
+        got, body, headers = error_parts(rejected, method="POST", path="/v1/models/m/predict")
+        assert got == status
+        assert body == {"error": {"code": code, "message": exc.message}, "message": exc.message}
+        if status == 429:
+            assert "Retry-After" in headers and "Retry-After-Ms" in headers
+        # the seed routes (their own renderer) and /v2 keep theirs
+        assert error_parts(rejected, method="POST", path="/prod")[1] == {"message": exc.message}
+        assert error_parts(rejected, method="POST", path="/v2/models/m/infer")[1] == {"error": exc.message}
+    # a route's own refusal without a code: from its status; other shapes untouched
+    assert error_parts(GatewayRejected(404, {"message": "no"}, {}), method="GET", path="/v1/x")[1] == {
+        "error": {"code": "not_found", "message": "no"},
+        "message": "no",
+    }
+    detail = GatewayRejected(401, {"detail": "Authentication Failed"}, {})
+    assert error_parts(detail, method="GET", path="/v1/x")[1] == {"detail": "Authentication Failed"}
