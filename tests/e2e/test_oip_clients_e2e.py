@@ -186,8 +186,9 @@ def test_gateway_and_edge_refusals_on_v2_are_the_protocols(server: ServerProcess
     with httpx.Client(base_url=server.url, timeout=30.0) as c:
         assert _oip_error(c.post(INFER, json=BODY), 403) == "Forbidden"
         assert c.post("/v1/models/temperatura/predict", json={"temperaturas": SEED}).json() == {
-            "message": "Forbidden"
-        }  # the native API keeps API Gateway's shape
+            "error": {"code": "forbidden", "message": "Forbidden"},
+            "message": "Forbidden",
+        }  # the native envelope, API Gateway's message beside it
         assert _oip_error(c.get("/v2/models/temperatura"), 403) == "Forbidden"
         r = c.post("/v1/plans", json={"name": "oip1", "rate": 0.001, "burst": 1}, headers=ADMIN)
         assert r.status_code == 201, r.text
