@@ -261,7 +261,7 @@ def target_row(result: dict[str, Any]) -> str:
     return (
         f"{TARGET_ROW}: regressor < 1 s, detector < 2 s (emulator, process start → first answer) | "
         f"{'; '.join(parts)}; load average {result['load_start'][0]:.0f}–{result['load_end'][0]:.0f} on "
-        f'{result["cpus"]} shared cores (the wall time 2–4× the CPU) — section "Lambda cold start" | '
+        f'{result["cpus"]} shared cores — section "Lambda cold start" | '
         f"{'**met**' if result['met'] else '**not met**'} |"
     )
 
